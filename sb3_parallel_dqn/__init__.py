@@ -1,0 +1,22 @@
+"""Stable-Baselines3 DQN with parallel rollouts and MPI data-parallel gradient updates.
+
+Importing the package does not initialise MPI; that happens on first use, and only under an MPI launcher.
+"""
+
+import os
+
+from sb3_parallel_dqn.env_util import make_parallel_vec_env
+from sb3_parallel_dqn.mpi_pytorch import WeightsDivergedError
+from sb3_parallel_dqn.parallel_dqn import LockstepError, ParallelDQN
+
+# Read version from file
+version_file = os.path.join(os.path.dirname(__file__), "version.txt")
+with open(version_file) as file_handler:
+    __version__ = file_handler.read().strip()
+
+__all__ = [
+    "LockstepError",
+    "ParallelDQN",
+    "WeightsDivergedError",
+    "make_parallel_vec_env",
+]

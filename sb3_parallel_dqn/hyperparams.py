@@ -1,0 +1,504 @@
+"""
+Hyperparameter loading in the format of rl-baselines3-zoo's ``hyperparams/dqn.yml``, without ``eval``.
+
+The zoo stores some values as Python expressions in strings (``policy_kwargs: "dict(net_arch=[256, 256])"``) and
+turns them into objects with ``eval``. A config file is user input, and under MPI every rank would run it, so
+here those strings go through :func:`parse_literal` instead: a small walker over the ``ast`` of the expression
+that accepts literals, ``dict(...)`` calls with keyword arguments and a fixed allow-list of names
+(:data:`ALLOWED_NAMES`), and rejects everything else. Nothing from a config file is ever executed or imported.
+
+:func:`load_hyperparams` picks the entry for an environment (its own id, else ``atari`` for Atari ids, else
+``default``), applies command-line overrides, converts the values to what ``DQN``/``ParallelDQN`` expects and
+checks their ranges, so that a typo or an out-of-range value fails before any process starts training.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import math
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import torch as th
+import yaml
+from stable_baselines3.common.buffers import DictReplayBuffer, NStepReplayBuffer, ReplayBuffer
+
+DEFAULT_CONF_FILE = Path(__file__).resolve().parent.parent / "zoo_configs" / "dqn.yml"
+
+
+class ConfigError(ValueError):
+    """
+    A hyperparameter file, entry or value that cannot be used.
+
+    The message names the file, the entry (section) and the key whenever they are known, so that the user can
+    go straight to the offending line. They are also kept as attributes for programmatic use.
+
+    :param reason: what is wrong, without the location
+    :param file: the YAML file, if known
+    :param entry: the entry (section) of the file, e.g. ``CartPole-v1``, if known
+    :param key: the hyperparameter, if known
+    """
+
+    def __init__(
+        self, reason: str, file: str | os.PathLike[str] | None = None, entry: str | None = None, key: str | None = None
+    ) -> None:
+        self.reason = reason
+        self.file = None if file is None else str(file)
+        self.entry = entry
+        self.key = key
+        where = [f"file {self.file}"] if self.file is not None else []
+        where += [f"entry '{entry}'"] if entry is not None else []
+        where += [f"key '{key}'"] if key is not None else []
+        super().__init__(f"{', '.join(where)}: {reason}" if where else reason)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exceptions pickle through ``self.args`` (the formatted message) by default, which would not round-trip
+        # through this constructor; ranks and subprocess workers may need to ship the error back.
+        return (type(self), (self.reason, self.file, self.entry, self.key))
+
+
+def _allowed_names() -> dict[str, object]:
+    """Build the allow-list: activation classes, optimizers and SB3 replay buffers, under their usual spellings."""
+    activations = "ReLU ReLU6 Tanh ELU SELU LeakyReLU SiLU GELU Mish Sigmoid Softplus Identity".split()
+    optimizers = "Adam AdamW RMSprop SGD".split()
+    names: dict[str, object] = {}
+    for prefix in ("nn.", "th.nn.", "torch.nn."):
+        names.update({prefix + name: getattr(th.nn, name) for name in activations})
+    for prefix in ("th.optim.", "torch.optim."):
+        names.update({prefix + name: getattr(th.optim, name) for name in optimizers})
+    for buffer_class in (ReplayBuffer, DictReplayBuffer, NStepReplayBuffer):
+        names[buffer_class.__name__] = buffer_class
+        names[f"stable_baselines3.common.buffers.{buffer_class.__name__}"] = buffer_class
+    return names
+
+
+#: Every dotted name a config expression may reference, mapped to the object it stands for. ``True``, ``False``
+#: and ``None`` are constants of the Python grammar and are always accepted.
+ALLOWED_NAMES: dict[str, object] = _allowed_names()
+
+_BUFFER_CLASSES: dict[str, object] = {
+    name: obj for name, obj in ALLOWED_NAMES.items() if isinstance(obj, type) and issubclass(obj, ReplayBuffer)
+}
+
+
+def _dotted_name(node: ast.expr) -> str | None:
+    """``nn.ReLU`` for ``Attribute(Name('nn'), 'ReLU')``; ``None`` if the chain holds anything but names."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return None
+    parts.append(node.id)
+    return ".".join(reversed(parts))
+
+
+class _LiteralWalker:
+    """Turn an expression tree into a value, accepting only a whitelist of node types (see :func:`parse_literal`)."""
+
+    def __init__(self, text: str, key: str) -> None:
+        self.text = text
+        self.key = key
+
+    def reject(self, node: ast.AST, why: str) -> ConfigError:
+        segment = ast.get_source_segment(self.text, node) or self.text
+        where = f"{segment!r} in {self.text!r}" if segment != self.text else repr(self.text)
+        return ConfigError(f"{why}: {where}", key=self.key)
+
+    def value(self, node: ast.AST) -> Any:
+        if isinstance(node, ast.Constant):
+            # bytes, Ellipsis and complex numbers have no use in a config and are refused.
+            if node.value is None or isinstance(node.value, (bool, int, float, str)):
+                return node.value
+            raise self.reject(node, "unsupported constant")
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.UAdd, ast.USub)):
+            operand = node.operand
+            if not (
+                isinstance(operand, ast.Constant)
+                and isinstance(operand.value, (int, float))
+                and not isinstance(operand.value, bool)
+            ):
+                raise self.reject(node, "unary +/- only applies to a number")
+            return -operand.value if isinstance(node.op, ast.USub) else operand.value
+        if isinstance(node, ast.List):
+            return [self.value(item) for item in node.elts]
+        if isinstance(node, ast.Tuple):
+            return tuple(self.value(item) for item in node.elts)
+        if isinstance(node, ast.Dict):
+            return self.dict_display(node)
+        if isinstance(node, ast.Call):
+            return self.dict_call(node)
+        if isinstance(node, (ast.Name, ast.Attribute)):
+            name = _dotted_name(node)
+            if name is None or name not in ALLOWED_NAMES:
+                raise self.reject(node, "name not in the allow-list (see hyperparams.ALLOWED_NAMES)")
+            return ALLOWED_NAMES[name]
+        # Everything else (binary operators, subscripts, lambdas, comprehensions, f-strings, starred items, ...)
+        # is refused by default: the grammar accepted here is deliberately tiny.
+        raise self.reject(node, f"unsupported expression ({type(node).__name__})")
+
+    def dict_display(self, node: ast.Dict) -> dict[Any, Any]:
+        result = {}
+        for key_node, value_node in zip(node.keys, node.values, strict=True):
+            if key_node is None:  # ``{**other}``
+                raise self.reject(value_node, "dict unpacking is not allowed")
+            key = self.value(key_node)
+            try:
+                hash(key)
+            except TypeError:
+                raise self.reject(key_node, "unhashable dict key") from None
+            result[key] = self.value(value_node)
+        return result
+
+    def dict_call(self, node: ast.Call) -> dict[str, Any]:
+        if not (isinstance(node.func, ast.Name) and node.func.id == "dict"):
+            raise self.reject(node, "only dict(...) may be called")
+        if node.args:
+            raise self.reject(node, "dict(...) takes keyword arguments only")
+        result = {}
+        for keyword in node.keywords:
+            if keyword.arg is None:  # ``dict(**other)``
+                raise self.reject(node, "dict(**...) unpacking is not allowed")
+            result[keyword.arg] = self.value(keyword.value)
+        return result
+
+
+def parse_literal(text: str, *, key: str = "<value>") -> Any:
+    """
+    Parse a zoo-style Python expression string without ``eval``.
+
+    ``"dict(net_arch=[256, 256], activation_fn=nn.ReLU)"`` gives ``{"net_arch": [256, 256], "activation_fn":
+    torch.nn.ReLU}``. Accepted: ``int``/``float``/``str``/``bool``/``None`` constants, unary ``+``/``-`` on a number,
+    list, tuple and dict displays, ``dict(...)`` called with keyword arguments only (nested freely), and the dotted
+    names of :data:`ALLOWED_NAMES`. Anything else (other calls, other names or attributes, operators, subscripts,
+    lambdas, comprehensions, f-strings, sets, ``**`` unpacking) raises :class:`ConfigError`.
+
+    :param text: the expression
+    :param key: the hyperparameter the text belongs to, used in error messages
+    :return: the value
+    :raises ConfigError: naming ``key`` and quoting the offending part of ``text``
+    """
+    if not isinstance(text, str):
+        raise ConfigError(f"expected an expression string, got {type(text).__name__} {text!r}", key=key)
+    try:
+        # mode="eval" admits a single expression only, so statements (import, assignments, ...) are syntax errors.
+        tree = ast.parse(text.strip(), mode="eval")
+        return _LiteralWalker(text.strip(), key).value(tree.body)
+    except (SyntaxError, ValueError) as err:  # ValueError: null bytes in the source
+        raise ConfigError(f"invalid expression {text!r}: {err}", key=key) from None
+    except (RecursionError, MemoryError):
+        # Pathological nesting (thousands of unary minus or attribute dots) exhausts the parser, not the machine.
+        raise ConfigError(f"expression nested too deeply: {text[:80]!r}...", key=key) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearSchedule:
+    """
+    Learning rate decaying linearly from ``initial_value`` to 0 over training (zoo's ``lin_<x>``).
+
+    A module-level class rather than a closure so that models holding it can be pickled (``model.save``, or
+    shipping it to other ranks).
+    """
+
+    initial_value: float
+
+    def __call__(self, progress_remaining: float) -> float:
+        """``progress_remaining`` goes from 1 (start of training) to 0 (end)."""
+        return progress_remaining * self.initial_value
+
+
+def linear_schedule(initial_value: float) -> Callable[[float], float]:
+    """
+    Linear schedule from ``initial_value`` (at ``progress_remaining == 1``) to 0, as in the zoo.
+
+    :param initial_value: value at the start of training
+    :return: a picklable callable ``progress_remaining -> progress_remaining * initial_value``
+    """
+    return LinearSchedule(float(initial_value))
+
+
+def is_atari(env_id: str) -> bool:
+    """
+    Whether ``env_id`` is registered with an Atari entry point (one that mentions ``ale_py`` or ``atari``).
+
+    Only gymnasium's registry is consulted: ``ale_py`` is not imported here (it is optional and slow to import),
+    so Atari ids are only recognised once the caller has registered them, e.g. with
+    ``gymnasium.register_envs(ale_py)``. Unknown ids give ``False``.
+    """
+    spec = gym.envs.registration.registry.get(env_id)
+    if spec is None:
+        return False
+    entry_point = spec.entry_point
+    if not isinstance(entry_point, str):  # a callable: judge it by where it is defined
+        entry_point = f"{getattr(entry_point, '__module__', '')}.{getattr(entry_point, '__qualname__', '')}"
+    return "ale_py" in entry_point or "atari" in entry_point.lower()
+
+
+# --- conversion of single values; each raises ConfigError(reason) and the caller adds file/entry/key ---------
+
+
+def _number(value: Any) -> float:
+    """A finite real number; booleans (an ``int`` subclass) and strings are refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        hint = ""
+        if isinstance(value, str):
+            # PyYAML follows YAML 1.1, where ``1e5`` (no dot) is a string: the zoo writes ``!!float 1e5``.
+            hint = "; write numbers in scientific notation as !!float 1e5"
+        raise ConfigError(f"expected a number, got {type(value).__name__} {value!r}{hint}")
+    if not math.isfinite(value):
+        raise ConfigError(f"expected a finite number, got {value!r}")
+    return value
+
+
+def _integer(value: Any) -> int:
+    """An ``int``, also from a float with an integral value (``!!float 1e5``)."""
+    number = _number(value)
+    if isinstance(number, float):
+        if not number.is_integer():
+            raise ConfigError(f"expected an integer, got {value!r}")
+        return int(number)
+    return number
+
+
+def _int_at_least(minimum: int) -> Callable[[Any], int]:
+    def convert(value: Any) -> int:
+        result = _integer(value)
+        if result < minimum:
+            raise ConfigError(f"must be >= {minimum}, got {result}")
+        return result
+
+    return convert
+
+
+def _float_in(check: Callable[[float], bool], bounds: str) -> Callable[[Any], float]:
+    def convert(value: Any) -> float:
+        result = float(_number(value))
+        if not check(result):
+            raise ConfigError(f"must satisfy {bounds}, got {result!r}")
+        return result
+
+    return convert
+
+
+def _gradient_steps(value: Any) -> int:
+    result = _integer(value)
+    if result < 1 and result != -1:
+        raise ConfigError(f"must be >= 1, or -1 for as many steps as collected transitions, got {result}")
+    return result
+
+
+def _learning_rate(value: Any) -> float | Callable[[float], float]:
+    if isinstance(value, str):
+        if not value.startswith("lin_"):
+            raise ConfigError(f"expected a number or 'lin_<initial value>', got {value!r}")
+        try:
+            initial = float(value[len("lin_") :])
+        except ValueError:
+            raise ConfigError(f"cannot read the initial value of {value!r}") from None
+        return linear_schedule(_float_in(lambda v: v > 0, "> 0")(initial))
+    return _float_in(lambda v: v > 0, "learning_rate > 0")(value)
+
+
+def _train_freq(value: Any) -> int | tuple[int, str]:
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2 or value[1] not in ("step", "episode"):
+            raise ConfigError(f"expected an integer or [<frequency>, 'step' | 'episode'], got {value!r}")
+        return (_int_at_least(1)(value[0]), value[1])
+    return _int_at_least(1)(value)
+
+
+def _kwargs_dict(key: str) -> Callable[[Any], dict[str, Any]]:
+    def convert(value: Any) -> dict[str, Any]:
+        parsed = parse_literal(value, key=key) if isinstance(value, str) else value
+        if not isinstance(parsed, dict):
+            raise ConfigError(f'expected a dict or a "dict(...)" string, got {value!r}')
+        return parsed
+
+    return convert
+
+
+def _replay_buffer_class(value: Any) -> object:
+    if isinstance(value, type) and value in _BUFFER_CLASSES.values():
+        return value
+    if not isinstance(value, str) or value not in _BUFFER_CLASSES:
+        raise ConfigError(f"expected one of {sorted(_BUFFER_CLASSES)}, got {value!r}")
+    return _BUFFER_CLASSES[value]
+
+
+def _of_type(*types: type) -> Callable[[Any], Any]:
+    def convert(value: Any) -> Any:
+        if not isinstance(value, types):
+            expected = " or ".join(t.__name__ for t in types)
+            raise ConfigError(f"expected {expected}, got {type(value).__name__} {value!r}")
+        return value
+
+    return convert
+
+
+def _one_of(*choices: str) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        if value not in choices:
+            raise ConfigError(f"expected one of {list(choices)}, got {value!r}")
+        return str(value)
+
+    return convert
+
+
+def _normalize(value: Any) -> bool | dict[str, Any]:
+    # The zoo accepts a bool or a string such as "dict(norm_obs=True, norm_reward=False)" (VecNormalize kwargs).
+    parsed = parse_literal(value, key="normalize") if isinstance(value, str) else value
+    if not isinstance(parsed, (bool, dict)):
+        raise ConfigError(f'expected a bool or a "dict(...)" string of VecNormalize arguments, got {value!r}')
+    return parsed
+
+
+def _probability(key: str) -> Callable[[Any], float]:
+    return _float_in(lambda v: 0 <= v <= 1, f"0 <= {key} <= 1")
+
+
+# One converter per known key. Keys meant for the training script rather than the model (n_timesteps, n_envs,
+# policy, frame_stack, env_wrapper, normalize, vec_env_wrapper, callback, env_kwargs, vec_env) are converted and
+# checked too, but importing wrappers or callbacks is left to the script.
+_CONVERTERS: dict[str, Callable[[Any], Any]] = {
+    "n_timesteps": _int_at_least(1),
+    "n_envs": _int_at_least(1),
+    "policy": _of_type(str),
+    "policy_kwargs": _kwargs_dict("policy_kwargs"),
+    "replay_buffer_kwargs": _kwargs_dict("replay_buffer_kwargs"),
+    "env_kwargs": _kwargs_dict("env_kwargs"),
+    "learning_rate": _learning_rate,
+    "train_freq": _train_freq,
+    "replay_buffer_class": _replay_buffer_class,
+    "exploration_fraction": _probability("exploration_fraction"),
+    "exploration_initial_eps": _probability("exploration_initial_eps"),
+    "exploration_final_eps": _probability("exploration_final_eps"),
+    "gamma": _probability("gamma"),
+    "tau": _float_in(lambda v: 0 < v <= 1, "0 < tau <= 1"),
+    "max_grad_norm": _float_in(lambda v: v > 0, "max_grad_norm > 0"),
+    "buffer_size": _int_at_least(1),
+    "batch_size": _int_at_least(1),
+    "learning_starts": _int_at_least(0),
+    "gradient_steps": _gradient_steps,
+    "target_update_interval": _int_at_least(1),
+    "n_steps": _int_at_least(1),
+    "optimize_memory_usage": _of_type(bool),
+    "stats_window_size": _int_at_least(1),
+    "sync_check_interval": _int_at_least(0),
+    # The zoo treats a false-y frame_stack as "no frame stacking", hence 0 is allowed.
+    "frame_stack": _int_at_least(0),
+    "env_wrapper": _of_type(str, list, dict),
+    "normalize": _normalize,
+    "vec_env_wrapper": _of_type(str, list, dict),
+    "callback": _of_type(str, list, dict),
+    "vec_env": _one_of("subproc", "dummy"),
+}
+
+#: Every key a hyperparameter entry may hold.
+KNOWN_KEYS: frozenset[str] = frozenset(_CONVERTERS)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"cannot read the hyperparameter file: {err.strerror or err}", file=path) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"invalid YAML: {err}", file=path) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a mapping of entries at the top level, got {type(data).__name__}", file=path)
+    return data
+
+
+def _select_entry(data: dict[str, Any], env_id: str, path: Path) -> str:
+    if env_id in data:
+        return env_id
+    if "atari" in data and is_atari(env_id):
+        return "atari"
+    if "default" in data:
+        return "default"
+    raise ConfigError(f"no entry for '{env_id}' and no 'default' entry (entries: {sorted(map(str, data))})", file=path)
+
+
+def load_hyperparams(
+    env_id: str, conf_file: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], str]:
+    """
+    Read the hyperparameters of ``env_id`` from a zoo-format YAML file, converted and checked.
+
+    The entry is ``env_id``'s own, else ``atari`` when :func:`is_atari` says so and the file has one, else
+    ``default``. ``overrides`` (already-parsed values, e.g. from :func:`parse_override`) replace the entry's values
+    before conversion, so they get the same checks. Conversions: integer keys accept integral floats
+    (``!!float 1e5``); ``learning_rate: lin_<x>`` becomes :func:`linear_schedule`; a ``train_freq`` list becomes a
+    tuple; ``*_kwargs`` strings go through :func:`parse_literal`; ``replay_buffer_class`` names an SB3 buffer;
+    ``n_envs`` defaults to 1. Script-level keys (``n_timesteps``, ``n_envs``, ``policy``, ``frame_stack``,
+    ``env_wrapper``, ``normalize``, ``vec_env_wrapper``, ``callback``, ``env_kwargs``, ``vec_env``) stay in the
+    result: the caller pops them before building the model.
+
+    :param env_id: the gymnasium environment id
+    :param conf_file: the YAML file; defaults to the repository's ``zoo_configs/dqn.yml``
+    :param overrides: values that replace (or add to) those of the entry
+    :return: the hyperparameters, and the name of the entry they came from
+    :raises ConfigError: for a missing or invalid file, no applicable entry, an unknown key (with the closest known
+        one as a suggestion) or a value of the wrong type or out of range
+    """
+    path = Path(DEFAULT_CONF_FILE if conf_file is None else conf_file)
+    data = _read_yaml(path)
+    section = _select_entry(data, env_id, path)
+    entry = data[section] if data[section] is not None else {}  # an entry with no keys reads as None
+    if not isinstance(entry, dict):
+        raise ConfigError(f"expected a mapping of hyperparameters, got {type(entry).__name__}", file=path, entry=section)
+    raw = {**entry, **(overrides or {})}
+
+    # Check every key before converting any value, so that a typo is reported as such rather than as a
+    # consequence (a missing value, a default silently used).
+    for key in raw:
+        if key not in KNOWN_KEYS:
+            close = difflib.get_close_matches(str(key), sorted(KNOWN_KEYS), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(sorted(KNOWN_KEYS))}"
+            raise ConfigError(f"unknown hyperparameter{hint}", file=path, entry=section, key=str(key))
+
+    hyperparams: dict[str, Any] = {"n_envs": 1}
+    for key, value in raw.items():
+        try:
+            hyperparams[key] = _CONVERTERS[key](value)
+        except ConfigError as err:
+            raise ConfigError(err.reason, file=path, entry=section, key=key) from None
+    return hyperparams, section
+
+
+# A value that is not a Python literal but reads naturally as a plain string on a command line: a policy name,
+# "lin_1e-3", a dotted import path, an env id such as "ALE/Pong-v5".
+_PLAIN_STRING = re.compile(r"[A-Za-z_][\w.\-/:]*")
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """
+    Parse one command-line override ``key:value``, as in the zoo's ``-params`` option.
+
+    The value goes through :func:`parse_literal` (numbers, lists, dicts, ``dict(...)``, ``True``/``False``/``None``,
+    quoted strings, allowed names); a value that is not a literal but looks like a plain word, such as
+    ``MlpPolicy`` or ``lin_1e-3``, is kept as a string. Anything else (``1+1``, ``dict(**x)``, a call) is an error
+    rather than a string, so that a mistyped expression is not silently passed on.
+
+    :param item: the ``key:value`` text; only the first ``:`` separates the key
+    :return: the key and the parsed value
+    :raises ConfigError: when ``:`` or the key is missing, or the value is neither a literal nor a plain word
+    """
+    key, sep, text = item.partition(":")
+    key, text = key.strip(), text.strip()
+    if not sep or not key:
+        raise ConfigError(f"expected 'key:value', got {item!r}")
+    try:
+        return key, parse_literal(text, key=key)
+    except ConfigError:
+        if _PLAIN_STRING.fullmatch(text):
+            return key, text
+        raise

@@ -1,0 +1,207 @@
+"""
+PyTorch-over-MPI helpers, in the spirit of Spinning Up's ``mpi_pytorch.py``, but with one flattened ``Allreduce``
+for all gradients instead of one message per parameter (as CleanRL's ``ppo_atari_multigpu.py`` does).
+
+All helpers are free no-ops with one process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+import zlib
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch as th
+
+from sb3_parallel_dqn import mpi_tools
+
+
+class WeightsDivergedError(RuntimeError):
+    """The ranks' weights differ although data-parallel training must keep them bit-identical."""
+
+
+def cuda_aware_mpi() -> bool:
+    """
+    Whether MPI can read CUDA device memory directly.
+
+    Set ``SB3_PARALLEL_DQN_CUDA_AWARE_MPI=1`` (or ``0``) to force the answer. Otherwise ask the MPI library
+    (Open MPI's ``MPIX_Query_cuda_support``); anything we cannot confirm counts as "no", so gradients are staged
+    through pinned host memory, which always works.
+    """
+    forced = os.environ.get("SB3_PARALLEL_DQN_CUDA_AWARE_MPI")
+    if forced is not None:
+        return forced.strip().lower() in ("1", "true", "yes")
+    try:
+        query = ctypes.CDLL(None).MPIX_Query_cuda_support
+    except (AttributeError, OSError):
+        return False
+    query.restype = ctypes.c_int
+    return bool(query())
+
+
+def broadcast_module_(module: th.nn.Module, root: int = 0) -> None:
+    """Overwrite every parameter and buffer of ``module`` with ``root``'s values (one ``Bcast`` per dtype)."""
+    if mpi_tools.world_size() == 1:
+        return
+    by_dtype: dict[th.dtype, list[th.Tensor]] = {}
+    for tensor in module.state_dict(keep_vars=True).values():
+        by_dtype.setdefault(tensor.dtype, []).append(tensor)
+    # Sorting by name makes every rank walk the dtypes in the same order (dict order could differ otherwise).
+    for dtype in sorted(by_dtype, key=str):
+        tensors = by_dtype[dtype]
+        flat = th.cat([t.detach().reshape(-1).cpu() for t in tensors])
+        mpi_tools.broadcast_(flat.numpy(), root=root)
+        offset = 0
+        with th.no_grad():
+            for tensor in tensors:
+                n = tensor.numel()
+                tensor.copy_(flat[offset : offset + n].view_as(tensor))
+                offset += n
+
+
+def broadcast_optimizer_(optimizer: th.optim.Optimizer, root: int = 0) -> None:
+    """Give every rank ``root``'s optimizer state (e.g. Adam moments after loading a checkpoint)."""
+    if mpi_tools.world_size() == 1:
+        return
+    state: dict[str, Any] | None = None
+    if mpi_tools.rank() == root:
+        # Send CPU tensors: load_state_dict() moves them to each rank's own parameter device.
+        state = _to_cpu(optimizer.state_dict())
+    state = mpi_tools.broadcast_object(state, root=root)
+    if mpi_tools.rank() != root:
+        optimizer.load_state_dict(state)  # type: ignore[arg-type]
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, th.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {key: _to_cpu(value) for key, value in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_to_cpu(value) for value in obj)
+    return obj
+
+
+def module_checksum(module: th.nn.Module) -> int:
+    """CRC32 of the raw bytes of every parameter and buffer: equal iff the weights are bit-identical (w.h.p.)."""
+    checksum = 0
+    for tensor in module.state_dict().values():
+        checksum = zlib.crc32(tensor.detach().cpu().contiguous().numpy().view(np.uint8), checksum)
+    return checksum
+
+
+def check_synced(module: th.nn.Module, n_updates: int) -> None:
+    """
+    Raise :class:`WeightsDivergedError` on every rank if the ranks' weights are not bit-identical.
+
+    One small ``Allgather``; every rank receives the same table, so every rank raises (no rank is left waiting).
+    """
+    if mpi_tools.world_size() == 1:
+        return
+    checksums = mpi_tools.allgather(np.array([module_checksum(module)], dtype=np.int64))[:, 0]
+    diverged = [r for r in range(len(checksums)) if checksums[r] != checksums[0]]
+    if diverged:
+        raise WeightsDivergedError(
+            f"Weights diverged across MPI ranks after {n_updates} gradient updates: rank(s) {diverged} differ from "
+            f"rank 0 (weight checksums by rank: {checksums.tolist()}). Every rank must apply the same averaged "
+            "gradient; look for code that changes the weights on some ranks only."
+        )
+
+
+class GradientAverager:
+    """
+    Averages gradients over all ranks with ONE ``Allreduce`` on ONE contiguous float32 buffer.
+
+    Every parameter's ``.grad`` is a view into that buffer (as DDP's ``gradient_as_bucket_view``), so autograd
+    accumulates straight into it and the reduction needs no packing copy. The buffer has one extra slot that
+    carries the loss, so the logged loss is the mean over ranks at no extra message.
+
+    On CUDA without CUDA-aware MPI the buffer is staged through pinned host memory.
+
+    :param parameters: the parameters that receive gradients (the online Q-network's)
+    """
+
+    def __init__(self, parameters: Iterable[th.nn.Parameter]) -> None:
+        self.parameters = [p for p in parameters if p.requires_grad]
+        dtypes = {p.dtype for p in self.parameters}
+        if dtypes != {th.float32}:
+            raise TypeError(f"Gradient averaging supports float32 parameters only, got {sorted(map(str, dtypes))}")
+        self.world_size = mpi_tools.world_size()
+        n_params = sum(p.numel() for p in self.parameters)
+        device = self.parameters[0].device
+        self.buffer = th.zeros(n_params + 1, dtype=th.float32, device=device)
+        self._views: list[th.Tensor] = []
+        offset = 0
+        for param in self.parameters:
+            self._views.append(self.buffer[offset : offset + param.numel()].view_as(param))
+            offset += param.numel()
+        self._loss_slot = self.buffer[-1:]
+        # What MPI reduces: the buffer itself on CPU or with CUDA-aware MPI, else a pinned host copy of it.
+        self._host: th.Tensor | None = None
+        self._mpi_array: Any
+        if device.type == "cpu":
+            self._mpi_array = self.buffer.numpy()
+        elif cuda_aware_mpi():
+            self._mpi_array = self.buffer  # mpi4py reads device memory through __cuda_array_interface__/DLPack
+        else:
+            self._host = th.empty_like(self.buffer, device="cpu").pin_memory()
+            self._mpi_array = self._host.numpy()
+        self.sync_seconds = 0.0
+        self.n_syncs = 0
+        self.zero_grad()
+
+    @property
+    def n_floats(self) -> int:
+        """Size of the reduced buffer (parameters + the loss slot)."""
+        return self.buffer.numel()
+
+    def zero_grad(self) -> None:
+        """Zero all gradients with one kernel and (re)attach ``.grad`` to the buffer's views."""
+        self.buffer.zero_()
+        for param, view in zip(self.parameters, self._views, strict=True):
+            # Someone (e.g. ``optimizer.zero_grad(set_to_none=True)``) may have replaced the gradient tensor.
+            if param.grad is None or param.grad.data_ptr() != view.data_ptr():
+                param.grad = view
+
+    def average_(self, loss: th.Tensor) -> float:
+        """
+        Replace every gradient by its mean over ranks, in place; return the loss averaged over ranks.
+
+        Call it after ``loss.backward()`` and before clipping, so every rank clips and steps identically.
+        """
+        for param, view in zip(self.parameters, self._views, strict=True):
+            if param.grad is None:
+                view.zero_()
+                param.grad = view
+            elif param.grad.data_ptr() != view.data_ptr():
+                view.copy_(param.grad)
+                param.grad = view
+        self._loss_slot.copy_(loss.detach().reshape(1))
+        start = time.perf_counter()
+        if self._host is not None:
+            self._host.copy_(self.buffer)
+        elif self.buffer.is_cuda:
+            th.cuda.current_stream(self.buffer.device).synchronize()
+        mpi_tools.allreduce_sum_(self._mpi_array)
+        if self._host is not None:
+            self.buffer.copy_(self._host, non_blocking=True)
+        self.sync_seconds += time.perf_counter() - start
+        self.n_syncs += 1
+        self.buffer.div_(self.world_size)
+        if self._host is not None:
+            return float(self._mpi_array[-1]) / self.world_size  # the host copy still holds the sum
+        if self.buffer.is_cpu:
+            return float(self._mpi_array[-1])  # shares memory with the buffer, now averaged
+        return self._loss_slot.item()
+
+    def pop_mean_sync_ms(self) -> float | None:
+        """Mean wall-clock milliseconds per ``Allreduce`` since the last call (``None`` if none happened)."""
+        if self.n_syncs == 0:
+            return None
+        mean_ms = 1e3 * self.sync_seconds / self.n_syncs
+        self.sync_seconds, self.n_syncs = 0.0, 0
+        return mean_ms

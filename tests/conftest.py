@@ -1,0 +1,75 @@
+"""Shared test helpers: MPI tests launch real ``mpirun`` processes with a timeout, so a hang fails fast."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS_DIR = Path(__file__).resolve().parent
+REPO_DIR = TESTS_DIR.parent
+MPI_SCRIPTS = TESTS_DIR / "mpi_scripts"
+
+
+def mpirun_path() -> str:
+    """The mpirun next to this Python (the ``mpich`` wheel installs it there), else the one on PATH.
+
+    There is deliberately no skip: CI installs the mpich wheel, and MPI tests must never pass by not running.
+    """
+    candidate = Path(sys.executable).parent / "mpirun"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("mpirun")
+    if found is None:
+        pytest.fail("mpirun not found: install the package's dependencies (the `mpich` wheel ships mpirun)")
+    return found
+
+
+def run_mpi(
+    args: list[str],
+    n_procs: int = 2,
+    timeout: float = 180,
+    cwd: Path | str | None = None,
+    env: dict | None = None,
+    mpirun_args: tuple[str, ...] = (),
+) -> subprocess.CompletedProcess:
+    """Run ``mpirun -np n_procs python <args>``; kill the whole process group and fail if it outlives ``timeout``."""
+    command = [mpirun_path(), *mpirun_args, "-np", str(n_procs), sys.executable, *args]
+    return run_command(command, timeout=timeout, cwd=cwd, env=env)
+
+
+def run_python(args: list[str], timeout: float = 180, cwd: Path | str | None = None, env: dict | None = None):
+    """Run ``python <args>`` in a fresh process (no MPI launcher), with a timeout."""
+    return run_command([sys.executable, *args], timeout=timeout, cwd=cwd, env=env)
+
+
+def run_command(command: list[str], timeout: float, cwd: Path | str | None = None, env: dict | None = None):
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    # A new session lets us kill mpirun together with its ranks and their env workers on timeout.
+    process = subprocess.Popen(
+        command,
+        cwd=cwd or REPO_DIR,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"timed out after {timeout} s (hang?): {' '.join(command)}\nstdout:\n{stdout}\nstderr:\n{stderr}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def check_ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    """Fail with the full output unless the command exited 0."""
+    assert result.returncode == 0, (
+        f"exit code {result.returncode}: {' '.join(result.args)}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    )
+    return result

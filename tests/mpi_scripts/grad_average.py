@@ -1,0 +1,88 @@
+"""Under mpirun -np 2: one ParallelDQN.train() step on per-rank halves of a fixed batch must equal SB3 DQN's step
+on the whole batch (SGD with lr=1, so the weight change is the clipped gradient itself)."""
+
+import zlib
+
+import numpy as np
+import torch as th
+from stable_baselines3 import DQN
+from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.logger import configure
+from stable_baselines3.common.type_aliases import ReplayBufferSamples
+
+from sb3_parallel_dqn import ParallelDQN, mpi_tools
+
+BATCH_PER_RANK = 16
+
+
+class FixedBatchReplayBuffer(ReplayBuffer):
+    """A real ReplayBuffer whose sample() returns a batch chosen by the test, so both algorithms see the same data."""
+
+    fixed_batch: ReplayBufferSamples
+
+    def sample(self, batch_size, env=None):
+        assert batch_size == len(self.fixed_batch.observations)
+        return self.fixed_batch
+
+
+def make_batch(start: int, stop: int) -> ReplayBufferSamples:
+    rng = np.random.default_rng(0)  # the same global batch on every rank
+    n = 2 * BATCH_PER_RANK
+    tensors = (
+        rng.normal(size=(n, 4)),
+        rng.integers(0, 2, size=(n, 1)),
+        rng.normal(size=(n, 4)),
+        rng.integers(0, 2, size=(n, 1)),
+        rng.normal(size=(n, 1)),
+    )
+    obs, actions, next_obs, dones, rewards = (th.as_tensor(t[start:stop], dtype=th.float32) for t in tensors)
+    return ReplayBufferSamples(obs, actions.long(), next_obs, dones, rewards)
+
+
+def q_net_weights(model) -> np.ndarray:
+    return th.cat([p.detach().reshape(-1) for p in model.q_net.parameters()]).numpy().copy()
+
+
+def check(max_grad_norm: float) -> None:
+    kwargs = dict(
+        replay_buffer_class=FixedBatchReplayBuffer,
+        learning_rate=1.0,
+        max_grad_norm=max_grad_norm,
+        policy_kwargs={"net_arch": [32, 32], "optimizer_class": th.optim.SGD},
+        seed=123 + mpi_tools.rank(),  # different torch init per rank: the broadcast must fix it
+    )
+    model = ParallelDQN("MlpPolicy", "CartPole-v1", **kwargs)
+    model.set_logger(configure(None, []))
+    rank = mpi_tools.rank()
+    model.replay_buffer.fixed_batch = make_batch(rank * BATCH_PER_RANK, (rank + 1) * BATCH_PER_RANK)
+    initial_state = {k: v.clone() for k, v in model.policy.state_dict().items()}
+    before = q_net_weights(model)
+    model.train(gradient_steps=1, batch_size=BATCH_PER_RANK)
+    delta = before - q_net_weights(model)
+    loss = model.logger.name_to_value["train/loss"]
+
+    if rank == 0:
+        reference = DQN("MlpPolicy", "CartPole-v1", **kwargs)
+        reference.set_logger(configure(None, []))
+        reference.policy.load_state_dict(initial_state)
+        reference.replay_buffer.fixed_batch = make_batch(0, 2 * BATCH_PER_RANK)
+        ref_before = q_net_weights(reference)
+        np.testing.assert_array_equal(ref_before, before)
+        reference.train(gradient_steps=1, batch_size=2 * BATCH_PER_RANK)
+        ref_delta = ref_before - q_net_weights(reference)
+        assert np.abs(ref_delta).max() > 1e-3, "the update should not be trivially small"
+        np.testing.assert_allclose(delta, ref_delta, rtol=1e-5, atol=1e-6)
+        ref_loss = reference.logger.name_to_value["train/loss"]
+        assert abs(loss - ref_loss) < 1e-6, (loss, ref_loss)
+        print(f"max_grad_norm={max_grad_norm}: max |delta - ref| = {np.abs(delta - ref_delta).max():.2e}, "
+              f"loss {loss:.6f} vs {ref_loss:.6f}", flush=True)
+    # All ranks must hold the same weights after the step.
+    digests = mpi_tools.allgather(np.array([zlib.crc32(q_net_weights(model).tobytes())], dtype=np.int64))
+    assert (digests == digests[0]).all(), digests
+
+
+if __name__ == "__main__":
+    assert mpi_tools.world_size() == 2, "run me with mpirun -np 2"
+    check(max_grad_norm=1e9)  # no clipping: the plain average
+    check(max_grad_norm=0.05)  # clipping must act on the averaged gradient, not on each rank's
+    print("GRADIENTS OK", flush=True)

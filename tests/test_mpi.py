@@ -1,0 +1,104 @@
+"""Data-parallel behaviour under a real ``mpirun -np 2`` (each test launches real processes, with a timeout)."""
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from stable_baselines3 import DQN
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.monitor import Monitor
+
+from conftest import MPI_SCRIPTS, check_ok, run_mpi
+from sb3_parallel_dqn import ParallelDQN
+
+
+def test_gradients_are_averaged_before_clipping():
+    """One step on per-rank halves == SB3's step on the concatenated batch, with and without clipping."""
+    result = check_ok(run_mpi([str(MPI_SCRIPTS / "grad_average.py")]))
+    assert result.stdout.count("GRADIENTS OK") == 2, result.stdout
+
+
+@pytest.mark.parametrize("start_method", ["fork", "forkserver", "spawn"])
+def test_subproc_workers_ranks_stay_identical(tmp_path, start_method):
+    # -prepend-rank tags every output line with its rank, so we can tell who printed what.
+    script = [str(MPI_SCRIPTS / "train_sync.py"), start_method, str(tmp_path)]
+    result = check_ok(run_mpi(script, timeout=240, mpirun_args=("-prepend-rank",)))
+    rank1_lines = [line for line in result.stdout.splitlines() if line.startswith("[1]")]
+    assert rank1_lines == []  # only rank 0 prints (verbose=1 on both)
+
+    weights = [np.load(tmp_path / f"weights_rank{rank}.npz") for rank in (0, 1)]
+    assert set(weights[0].files) == set(weights[1].files)
+    for name in weights[0].files:
+        np.testing.assert_array_equal(weights[0][name], weights[1][name], err_msg=name)  # bit-identical
+
+    infos = [json.loads((tmp_path / f"info_rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert [info["world_size"] for info in infos] == [2, 2]
+    # num_timesteps is the global count, identical on both ranks
+    assert infos[0]["num_timesteps"] == infos[1]["num_timesteps"] == 2_000
+    assert infos[0]["n_updates"] == infos[1]["n_updates"] > 0
+    # seed + rank * n_envs + i: no two envs share a seed
+    assert infos[0]["env_seeds"] == [7, 8]
+    assert infos[1]["env_seeds"] == [9, 10]
+    # the logged episode statistics cover both ranks' episodes
+    all_rewards = infos[0]["local_episode_rewards"] + infos[1]["local_episode_rewards"]
+    assert infos[0]["global_episode_means"]["r"] == pytest.approx(np.mean(all_rewards))
+    assert infos[0]["global_episode_means"] == infos[1]["global_episode_means"]
+
+    # rank 0 alone wrote tensorboard logs and the model
+    assert [p.name for p in (tmp_path / "tb").iterdir()] == ["ParallelDQN_1"]
+    assert (tmp_path / "model.zip").exists()
+
+
+def test_model_saved_under_mpi_loads_in_a_plain_process(tmp_path):
+    check_ok(run_mpi([str(MPI_SCRIPTS / "train_sync.py"), "fork", str(tmp_path)], timeout=240))
+    rank0_weights = np.load(tmp_path / "weights_rank0.npz")
+
+    ours = ParallelDQN.load(tmp_path / "model.zip", device="cpu")
+    stock = DQN.load(tmp_path / "model.zip", device="cpu")
+    for name, tensor in ours.policy.state_dict().items():
+        np.testing.assert_array_equal(tensor.numpy(), rank0_weights[name], err_msg=name)
+    assert ours.num_timesteps == stock.num_timesteps == 2_000
+
+    observations = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+    actions_ours, _ = ours.predict(observations, deterministic=True)
+    actions_stock, _ = stock.predict(observations, deterministic=True)
+    np.testing.assert_array_equal(actions_ours, actions_stock)
+
+    mean_reward, _ = evaluate_policy(ours, Monitor(gym.make("CartPole-v1")), n_eval_episodes=3)
+    assert mean_reward > 0
+
+
+def test_callback_stopping_one_rank_stops_all(tmp_path):
+    result = check_ok(run_mpi([str(MPI_SCRIPTS / "stop_one_rank.py"), str(tmp_path)], timeout=120))
+    infos = [json.loads((tmp_path / f"stop_rank{rank}.json").read_text()) for rank in (0, 1)]
+    # rank 1 stopped after 150 of its steps (300 global); rank 0 stopped at the end of that same rollout
+    assert infos[1]["num_timesteps"] == 300
+    assert infos[0]["num_timesteps"] == 320
+    assert infos[0]["n_updates"] == infos[1]["n_updates"]
+    assert result.stdout.count("left learn()") == 2
+
+
+def test_weight_drift_is_detected_and_names_the_rank():
+    result = check_ok(run_mpi([str(MPI_SCRIPTS / "diverge.py")], timeout=120))
+    # (both ranks print at once, so their lines may interleave: count substrings, not lines)
+    assert result.stdout.count("caught: Weights diverged") == 2, result.stdout
+    assert result.stdout.count("rank(s) [1] differ from rank 0") == 2
+    # the first check (every 25 updates) after the perturbation
+    assert result.stdout.count("after 75 gradient updates") == 2
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [("n_envs", "n_envs: [1, 2]"), ("episodes", "counts episodes")],
+)
+def test_settings_that_break_lockstep_are_refused_on_every_rank(case, message):
+    result = check_ok(run_mpi([str(MPI_SCRIPTS / "lockstep_errors.py"), case], timeout=120))
+    assert result.stdout.count("refused:") == 2, result.stdout + result.stderr
+    assert result.stdout.count(message) == 2
+
+
+def test_exception_on_one_rank_ends_the_job():
+    result = run_mpi([str(MPI_SCRIPTS / "crash_one_rank.py")], timeout=60)
+    assert result.returncode != 0
+    assert "injected failure on rank 1" in result.stderr
