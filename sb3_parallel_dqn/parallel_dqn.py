@@ -17,7 +17,6 @@ from stable_baselines3.common.type_aliases import (
     MaybeCallback,
     RolloutReturn,
     Schedule,
-    TensorDict,
     TrainFreq,
     TrainFrequencyUnit,
 )
@@ -50,6 +49,10 @@ class ParallelDQN(DQN):
     computes gradients on its own samples, and averages them with one ``Allreduce`` per gradient step (before
     clipping), so all ranks hold bit-identical weights. Without ``mpirun`` it is SB3's ``DQN`` (same seed, same
     weights) plus the ``n_envs`` and threading conveniences.
+
+    Under MPI, construct the model and call ``learn`` on every rank. The constructor and every ``learn`` give all
+    ranks rank 0's weights (``learn`` also its optimizer state); ``load`` and ``set_parameters`` stay local, so
+    rank 0 alone may load a model to evaluate it. Only rank 0 prints, logs and writes model files.
 
     Scaling semantics with W ranks:
 
@@ -203,11 +206,11 @@ class ParallelDQN(DQN):
 
         if _init_setup_model:
             self._setup_model()
+            # Every rank starts from rank 0's weights (q_net and q_net_target), whatever its torch seed.
+            broadcast_module_(self.policy)
 
     def _setup_model(self) -> None:
         super()._setup_model()
-        # Every rank starts from rank 0's weights (q_net and q_net_target), whatever its torch seed.
-        broadcast_module_(self.policy)
         if self._world_size > 1:
             self._grad_averager = GradientAverager(self.q_net.parameters())
 
@@ -393,6 +396,11 @@ class ParallelDQN(DQN):
     ) -> tuple[int, BaseCallback]:
         if self._world_size > 1:
             self._check_lockstep(total_timesteps, reset_num_timesteps)
+            # Train from rank 0's weights and optimizer state. Doing it here rather than inside load() and
+            # set_parameters() covers both (whatever each rank loaded) and keeps them free of collectives, so that
+            # rank 0 alone may load a model to evaluate it without deadlocking.
+            broadcast_module_(self.policy)
+            broadcast_optimizer_(self.policy.optimizer)
             if self._rank != 0:
                 # Only rank 0 writes stdout, csv and tensorboard: the others log into the void.
                 self.set_logger(Logger(folder=None, output_formats=[]))
@@ -403,8 +411,8 @@ class ParallelDQN(DQN):
         assert isinstance(self.train_freq, TrainFreq)
         if self.train_freq.unit != TrainFrequencyUnit.STEP:
             raise LockstepError(
-                f"train_freq=({self.train_freq.frequency}, {self.train_freq.unit.value!r}) counts episodes, which ranks finish at different times: "
-                "with several MPI ranks, give train_freq in steps."
+                f"train_freq=({self.train_freq.frequency}, {self.train_freq.unit.value!r}) counts episodes, which ranks "
+                "finish at different times: with several MPI ranks, give train_freq in steps."
             )
         settings = {
             "n_envs": self.n_envs,
@@ -439,17 +447,6 @@ class ParallelDQN(DQN):
             callback = CallbackList([callback, GlobalProgressBarCallback()])
         callback.init_callback(self)
         return callback
-
-    def set_parameters(
-        self,
-        load_path_or_dict: str | TensorDict,
-        exact_match: bool = True,
-        device: th.device | str = "auto",
-    ) -> None:
-        """As SB3's, then every rank takes rank 0's weights and optimizer state: under MPI, call it on every rank."""
-        super().set_parameters(load_path_or_dict, exact_match, device)
-        broadcast_module_(self.policy)
-        broadcast_optimizer_(self.policy.optimizer)
 
     def save(
         self,

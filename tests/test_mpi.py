@@ -5,11 +5,11 @@ import json
 import gymnasium as gym
 import numpy as np
 import pytest
+from conftest import MPI_SCRIPTS, check_ok, run_mpi
 from stable_baselines3 import DQN
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
 
-from conftest import MPI_SCRIPTS, check_ok, run_mpi
 from sb3_parallel_dqn import ParallelDQN
 
 
@@ -67,6 +67,12 @@ def test_model_saved_under_mpi_loads_in_a_plain_process(tmp_path):
 
     mean_reward, _ = evaluate_policy(ours, Monitor(gym.make("CartPole-v1")), n_eval_episodes=3)
     assert mean_reward > 0
+
+
+def test_load_is_local_and_learn_syncs_every_rank_to_rank_zero(tmp_path):
+    result = check_ok(run_mpi([str(MPI_SCRIPTS / "load_then_learn.py"), str(tmp_path)], timeout=120))
+    assert "rank 0 loaded alone" in result.stdout
+    assert result.stdout.count("LOAD OK") == 2
 
 
 def test_callback_stopping_one_rank_stops_all(tmp_path):

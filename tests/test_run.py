@@ -4,13 +4,13 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
+from conftest import check_ok, run_python
 from stable_baselines3.common.callbacks import CheckpointCallback, EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
-from conftest import check_ok, run_python
 from sb3_parallel_dqn import ParallelDQN, make_parallel_vec_env
 
 TINY = {"policy_kwargs": {"net_arch": [16]}, "learning_starts": 50, "buffer_size": 1_000}
@@ -111,7 +111,10 @@ def test_torch_uses_one_thread_unless_told_otherwise():
 
 
 def test_omp_num_threads_is_respected():
-    code = "import torch; from sb3_parallel_dqn import ParallelDQN; ParallelDQN('MlpPolicy', 'CartPole-v1'); print(torch.get_num_threads())"
+    code = (
+        "import torch; from sb3_parallel_dqn import ParallelDQN; "
+        "ParallelDQN('MlpPolicy', 'CartPole-v1'); print(torch.get_num_threads())"
+    )
     result = check_ok(run_python(["-c", code], env={"OMP_NUM_THREADS": "2"}))
     assert result.stdout.split()[-1] == "2"
 

@@ -11,8 +11,13 @@ from sb3_parallel_dqn import ParallelDQN
 @pytest.fixture
 def trained(tmp_path):
     model = ParallelDQN(
-        "MlpPolicy", "CartPole-v1", learning_starts=50, buffer_size=1_000, policy_kwargs={"net_arch": [16]},
-        sync_check_interval=123, seed=1,
+        "MlpPolicy",
+        "CartPole-v1",
+        learning_starts=50,
+        buffer_size=1_000,
+        policy_kwargs={"net_arch": [16]},
+        sync_check_interval=123,
+        seed=1,
     )
     model.learn(300)
     path = tmp_path / "model.zip"

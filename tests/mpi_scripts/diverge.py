@@ -15,8 +15,15 @@ class PerturbRankOne(BaseCallback):
 
 
 if __name__ == "__main__":
-    model = ParallelDQN("MlpPolicy", "CartPole-v1", learning_starts=100, train_freq=4,
-                        policy_kwargs={"net_arch": [16]}, sync_check_interval=25, seed=0)
+    model = ParallelDQN(
+        "MlpPolicy",
+        "CartPole-v1",
+        learning_starts=100,
+        train_freq=4,
+        policy_kwargs={"net_arch": [16]},
+        sync_check_interval=25,
+        seed=0,
+    )
     try:
         model.learn(5_000, callback=PerturbRankOne())
     except WeightsDivergedError as error:

@@ -74,8 +74,11 @@ def check(max_grad_norm: float) -> None:
         np.testing.assert_allclose(delta, ref_delta, rtol=1e-5, atol=1e-6)
         ref_loss = reference.logger.name_to_value["train/loss"]
         assert abs(loss - ref_loss) < 1e-6, (loss, ref_loss)
-        print(f"max_grad_norm={max_grad_norm}: max |delta - ref| = {np.abs(delta - ref_delta).max():.2e}, "
-              f"loss {loss:.6f} vs {ref_loss:.6f}", flush=True)
+        print(
+            f"max_grad_norm={max_grad_norm}: max |delta - ref| = {np.abs(delta - ref_delta).max():.2e}, "
+            f"loss {loss:.6f} vs {ref_loss:.6f}",
+            flush=True,
+        )
     # All ranks must hold the same weights after the step.
     digests = mpi_tools.allgather(np.array([zlib.crc32(q_net_weights(model).tobytes())], dtype=np.int64))
     assert (digests == digests[0]).all(), digests

@@ -16,8 +16,15 @@ class StopOnRankOne(BaseCallback):
 
 if __name__ == "__main__":
     out_dir = Path(sys.argv[1])
-    model = ParallelDQN("MlpPolicy", "CartPole-v1", learning_starts=100, train_freq=16, gradient_steps=4,
-                        policy_kwargs={"net_arch": [16]}, seed=0)
+    model = ParallelDQN(
+        "MlpPolicy",
+        "CartPole-v1",
+        learning_starts=100,
+        train_freq=16,
+        gradient_steps=4,
+        policy_kwargs={"net_arch": [16]},
+        seed=0,
+    )
     model.learn(50_000, callback=StopOnRankOne())
     info = {"num_timesteps": model.num_timesteps, "n_updates": model._n_updates}
     (out_dir / f"stop_rank{mpi_tools.rank()}.json").write_text(json.dumps(info))

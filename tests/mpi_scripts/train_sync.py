@@ -8,9 +8,8 @@ import json
 import sys
 from pathlib import Path
 
-from mpi4py import MPI  # noqa: F401 - the import itself is what this script tests
-
 import numpy as np
+from mpi4py import MPI  # noqa: F401 - the import itself is what this script tests
 
 from sb3_parallel_dqn import ParallelDQN, mpi_tools
 
