@@ -15,7 +15,6 @@ checks their ranges, so that a typo or an out-of-range value fails before any pr
 from __future__ import annotations
 
 import ast
-import dataclasses
 import difflib
 import math
 import os
@@ -28,6 +27,7 @@ import gymnasium as gym
 import torch as th
 import yaml
 from stable_baselines3.common.buffers import DictReplayBuffer, NStepReplayBuffer, ReplayBuffer
+from stable_baselines3.common.utils import LinearSchedule
 
 DEFAULT_CONF_FILE = Path(__file__).resolve().parent.parent / "zoo_configs" / "dqn.yml"
 
@@ -197,30 +197,16 @@ def parse_literal(text: str, *, key: str = "<value>") -> Any:
         raise ConfigError(f"expression nested too deeply: {text[:80]!r}...", key=key) from None
 
 
-@dataclasses.dataclass(frozen=True)
-class LinearSchedule:
-    """
-    Learning rate decaying linearly from ``initial_value`` to 0 over training (zoo's ``lin_<x>``).
-
-    A module-level class rather than a closure so that models holding it can be pickled (``model.save``, or
-    shipping it to other ranks).
-    """
-
-    initial_value: float
-
-    def __call__(self, progress_remaining: float) -> float:
-        """``progress_remaining`` goes from 1 (start of training) to 0 (end)."""
-        return progress_remaining * self.initial_value
-
-
 def linear_schedule(initial_value: float) -> Callable[[float], float]:
     """
-    Linear schedule from ``initial_value`` (at ``progress_remaining == 1``) to 0, as in the zoo.
+    Linear schedule from ``initial_value`` (at ``progress_remaining == 1``) to 0, as the zoo's ``lin_<x>``.
+
+    It is SB3's own ``LinearSchedule``: models saved with it load with stock SB3, without this package.
 
     :param initial_value: value at the start of training
     :return: a picklable callable ``progress_remaining -> progress_remaining * initial_value``
     """
-    return LinearSchedule(float(initial_value))
+    return LinearSchedule(float(initial_value), 0.0, 1.0)
 
 
 def is_atari(env_id: str) -> bool:

@@ -266,12 +266,14 @@ class ParallelDQN(DQN):
         if self._world_size == 1:
             return rollout
         # One small Allreduce per rollout keeps the ranks in lockstep: if a callback stopped training on any rank,
-        # all stop here (before train(), whose collectives would otherwise deadlock). It also carries the episode
-        # statistics that rank 0 logs for the whole job.
+        # all stop here (before train(), whose collectives would otherwise deadlock). It also carries each rank's
+        # step count, which only differs when a rank stopped early, and the episode statistics that rank 0 logs
+        # for the whole job.
         assert self.ep_info_buffer is not None and self.ep_success_buffer is not None
         stats = np.array(
             [
                 float(not rollout.continue_training),
+                rollout.episode_timesteps,
                 sum(info["r"] for info in self.ep_info_buffer),
                 sum(info["l"] for info in self.ep_info_buffer),
                 len(self.ep_info_buffer),
@@ -280,7 +282,9 @@ class ParallelDQN(DQN):
             ],
             dtype=np.float64,
         )
-        n_stopped, sum_r, sum_l, n_episodes, sum_success, n_success = mpi_tools.allreduce_sum_(stats)
+        n_stopped, n_steps, sum_r, sum_l, n_episodes, sum_success, n_success = mpi_tools.allreduce_sum_(stats)
+        # num_timesteps assumed every rank made as many steps as this one; count what they really made instead.
+        self.num_timesteps += int(n_steps) - self._world_size * rollout.episode_timesteps
         self._global_episode_means = {}
         if n_episodes > 0:
             self._global_episode_means.update(r=sum_r / n_episodes, l=sum_l / n_episodes)
@@ -420,7 +424,7 @@ class ParallelDQN(DQN):
             "gradient_steps": self.gradient_steps,
             "total_timesteps": total_timesteps,
             "reset_num_timesteps": int(reset_num_timesteps),
-            "num_timesteps": self.num_timesteps,
+            "num_timesteps": 0 if reset_num_timesteps else self.num_timesteps,
             "learning_starts": self.learning_starts,
             "sync_check_interval": self.sync_check_interval,
         }

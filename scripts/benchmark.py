@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="overrides applied to every configuration")  # fmt: skip
     parser.add_argument("--pdqn-params", nargs="+", default=[], metavar="KEY:VALUE",
                         help="overrides applied to the ParallelDQN configurations only")  # fmt: skip
+    parser.add_argument("--sb3-params", nargs="+", default=[], metavar="KEY:VALUE",
+                        help="overrides applied to SB3 DQN only, e.g. to run it on the zoo's own values")  # fmt: skip
     parser.add_argument("--out", default="bench", help="output folder")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per run")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -68,7 +70,7 @@ def run_worker(args: argparse.Namespace) -> None:
     from sb3_parallel_dqn.hyperparams import load_hyperparams, parse_override
     from sb3_parallel_dqn.zoo_env import make_eval_env, make_train_env, split_hyperparams
 
-    params = args.hyperparams + (args.pdqn_params if args.worker == "pdqn" else [])
+    params = args.hyperparams + (args.pdqn_params if args.worker == "pdqn" else args.sb3_params)
     hyperparams, _ = load_hyperparams(args.env, args.conf_file, dict(parse_override(p) for p in params))
     model_kwargs, settings = split_hyperparams(hyperparams)
     n_timesteps = args.n_timesteps or settings.n_timesteps
@@ -173,6 +175,8 @@ def command_for(config: str, seed: int, args: argparse.Namespace, result: Path) 
         worker += ["-params", *args.hyperparams]
     if args.pdqn_params:
         worker += ["--pdqn-params", *args.pdqn_params]
+    if args.sb3_params:
+        worker += ["--sb3-params", *args.sb3_params]
     if config.startswith("pdqn-") and int(config.split("-")[1]) > 1:
         mpirun = str(Path(sys.executable).parent / "mpirun")
         return [mpirun, "-np", config.split("-")[1], *worker]

@@ -78,10 +78,10 @@ def test_load_is_local_and_learn_syncs_every_rank_to_rank_zero(tmp_path):
 def test_callback_stopping_one_rank_stops_all(tmp_path):
     result = check_ok(run_mpi([str(MPI_SCRIPTS / "stop_one_rank.py"), str(tmp_path)], timeout=120))
     infos = [json.loads((tmp_path / f"stop_rank{rank}.json").read_text()) for rank in (0, 1)]
-    # rank 1 stopped after 150 of its steps (300 global); rank 0 stopped at the end of that same rollout
-    assert infos[1]["num_timesteps"] == 300
-    assert infos[0]["num_timesteps"] == 320
+    # rank 1 stopped after 150 of its steps, rank 0 at the end of that rollout (160): both count 310 global steps
+    assert infos[0]["num_timesteps"] == infos[1]["num_timesteps"] == 310
     assert infos[0]["n_updates"] == infos[1]["n_updates"]
+    assert infos[0]["num_timesteps_after_more"] == infos[1]["num_timesteps_after_more"] == 310 + 64
     assert result.stdout.count("left learn()") == 2
 
 
@@ -102,6 +102,13 @@ def test_settings_that_break_lockstep_are_refused_on_every_rank(case, message):
     result = check_ok(run_mpi([str(MPI_SCRIPTS / "lockstep_errors.py"), case], timeout=120))
     assert result.stdout.count("refused:") == 2, result.stdout + result.stderr
     assert result.stdout.count(message) == 2
+
+
+@pytest.mark.parametrize("n_gpus, expected", [(0, ["auto", "auto"]), (1, ["cuda:0", "cuda:0"]), (2, ["cuda:0", "cuda:1"])])
+def test_auto_device_spreads_ranks_over_gpus(n_gpus, expected):
+    result = check_ok(run_mpi([str(MPI_SCRIPTS / "device_choice.py"), str(n_gpus)], timeout=60))
+    for rank, device in enumerate(expected):
+        assert f"rank {rank} local {rank} -> {device} / cpu" in result.stdout, result.stdout
 
 
 def test_exception_on_one_rank_ends_the_job():

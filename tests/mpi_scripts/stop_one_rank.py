@@ -27,5 +27,8 @@ if __name__ == "__main__":
     )
     model.learn(50_000, callback=StopOnRankOne())
     info = {"num_timesteps": model.num_timesteps, "n_updates": model._n_updates}
+    # The ranks agree on the step count, so training can go on from there.
+    model.learn(64, reset_num_timesteps=False)
+    info["num_timesteps_after_more"] = model.num_timesteps
     (out_dir / f"stop_rank{mpi_tools.rank()}.json").write_text(json.dumps(info))
     print(f"rank {mpi_tools.rank()} left learn() at {model.num_timesteps} steps", flush=True)
