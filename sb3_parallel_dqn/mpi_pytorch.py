@@ -152,7 +152,9 @@ class GradientAverager:
             self._mpi_array = self._host.numpy()
         self.sync_seconds = 0.0
         self.n_syncs = 0
-        self.zero_grad()
+        self.buffer.zero_()
+        for param, view in zip(self.parameters, self._views, strict=True):
+            param.grad = view
 
     @property
     def n_floats(self) -> int:
@@ -160,12 +162,8 @@ class GradientAverager:
         return self.buffer.numel()
 
     def zero_grad(self) -> None:
-        """Zero all gradients with one kernel and (re)attach ``.grad`` to the buffer's views."""
+        """Zero all gradients with one kernel (they are views of the buffer; ``average_`` re-attaches strays)."""
         self.buffer.zero_()
-        for param, view in zip(self.parameters, self._views, strict=True):
-            # Someone (e.g. ``optimizer.zero_grad(set_to_none=True)``) may have replaced the gradient tensor.
-            if param.grad is None or param.grad.data_ptr() != view.data_ptr():
-                param.grad = view
 
     def average_(self, loss: th.Tensor) -> float:
         """
@@ -173,6 +171,7 @@ class GradientAverager:
 
         Call it after ``loss.backward()`` and before clipping, so every rank clips and steps identically.
         """
+        # Someone (e.g. ``optimizer.zero_grad(set_to_none=True)``) may have replaced a gradient tensor: copy it in.
         for param, view in zip(self.parameters, self._views, strict=True):
             if param.grad is None:
                 view.zero_()

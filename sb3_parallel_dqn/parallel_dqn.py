@@ -356,9 +356,10 @@ class ParallelDQN(DQN):
             th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
             self.policy.optimizer.step()
 
-            n_updates = self._n_updates + step + 1
-            if self._world_size > 1 and self.sync_check_interval > 0 and n_updates % self.sync_check_interval == 0:
-                check_synced(self.policy, n_updates)
+            if self._world_size > 1 and self.sync_check_interval > 0:
+                n_updates = self._n_updates + step + 1
+                if n_updates % self.sync_check_interval == 0:
+                    check_synced(self.policy, n_updates)
 
         # Increase update counter
         self._n_updates += gradient_steps
