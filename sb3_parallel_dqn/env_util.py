@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
-from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
+from stable_baselines3.common.vec_env.patch_gym import _patch_env
 
 from sb3_parallel_dqn import mpi_tools
 
@@ -45,9 +47,11 @@ def make_parallel_vec_env(
     """
     SB3's ``make_vec_env`` for this rank's share of the job.
 
-    Env ``i`` of rank ``r`` gets the global index ``r * n_envs + i``: its seed is ``seed + r * n_envs + i`` and its
-    monitor file ``<monitor_dir>/<r * n_envs + i>.monitor.csv``, so nothing collides across ranks. With one process
-    this is exactly ``make_vec_env``.
+    Env ``i`` of rank ``r`` gets the global index ``r * n_envs + i``: its seed (at the first reset) and the seed of
+    its action space are ``seed + r * n_envs + i``, and its monitor file is ``<monitor_dir>/<r>.<i>.monitor.csv``
+    (``0.0.monitor.csv``, ``0.1.monitor.csv``, ``1.0.monitor.csv``, ...), so nothing collides across ranks. Apart
+    from the monitor file names, one process gives exactly ``make_vec_env``'s envs: same seeds, observations and
+    action samples.
 
     Worker processes are started without the MPI launcher's environment variables, which makes every start method
     (``fork``, ``forkserver``, ``spawn``) work under ``mpirun`` even when the main script imports ``mpi4py`` at top
@@ -57,26 +61,58 @@ def make_parallel_vec_env(
     :param env_id: the env ID or a callable returning an env
     :param n_envs: number of environments of this rank (must be the same on every rank)
     :param seed: the global seed; None leaves the envs unseeded
+    :param monitor_dir: folder of the monitor files; None writes none (the envs are still wrapped in ``Monitor``)
+    :param wrapper_class: applied to each env after ``Monitor``; it is sent to ``SubprocVecEnv`` workers, so it must
+        be picklable (with cloudpickle) under ``spawn``/``forkserver``
     :param vec_env_cls: ``"subproc"``, ``"dummy"``, a ``VecEnv`` class, or None for ``SubprocVecEnv`` when
         ``n_envs > 1`` and ``DummyVecEnv`` otherwise
     :param vec_env_kwargs: keyword arguments for the ``VecEnv`` class, e.g. ``{"start_method": "spawn"}``
     The other parameters are those of ``stable_baselines3.common.env_util.make_vec_env``.
     """
-    first_index = mpi_tools.rank() * n_envs
+    env_kwargs = env_kwargs or {}
+    vec_env_kwargs = vec_env_kwargs or {}
+    monitor_kwargs = monitor_kwargs or {}
+    wrapper_kwargs = wrapper_kwargs or {}
+    rank = mpi_tools.rank()
+    first_index = rank * n_envs
+
+    # SB3 2.9's make_vec_env.make_env, except for the monitor file name: make_vec_env names it by one integer
+    # (start_index + i), which cannot say which rank wrote it. Keep the rest diffable against SB3.
+    def make_env(index: int) -> Callable[[], gym.Env]:
+        global_index = first_index + index
+
+        def _init() -> gym.Env:
+            if isinstance(env_id, str):
+                # if the render mode was not specified, we set it to `rgb_array` as default.
+                kwargs = {"render_mode": "rgb_array"}
+                kwargs.update(env_kwargs)
+                try:
+                    env = gym.make(env_id, **kwargs)  # type: ignore[arg-type]
+                except TypeError:
+                    env = gym.make(env_id, **env_kwargs)
+            else:
+                env = env_id(**env_kwargs)
+                # Patch to support gym 0.21/0.26 and gymnasium
+                env = _patch_env(env)
+
+            if seed is not None:
+                # Note: here we only seed the action space
+                # We will seed the env at the next reset
+                env.action_space.seed(seed + global_index)
+            # Monitor appends ".monitor.csv" to the path.
+            monitor_path = os.path.join(monitor_dir, f"{rank}.{index}") if monitor_dir is not None else None
+            if monitor_path is not None and monitor_dir is not None:
+                os.makedirs(monitor_dir, exist_ok=True)
+            env = Monitor(env, filename=monitor_path, **monitor_kwargs)
+            if wrapper_class is not None:
+                env = wrapper_class(env, **wrapper_kwargs)
+            return env
+
+        return _init
+
     with mpi_tools.launcher_env_removed():
-        vec_env = make_vec_env(
-            env_id,
-            n_envs=n_envs,
-            start_index=first_index,
-            monitor_dir=monitor_dir,
-            wrapper_class=wrapper_class,
-            env_kwargs=env_kwargs,
-            vec_env_cls=resolve_vec_env_cls(vec_env_cls, n_envs),
-            vec_env_kwargs=vec_env_kwargs,
-            monitor_kwargs=monitor_kwargs,
-            wrapper_kwargs=wrapper_kwargs,
-        )
-    if seed is not None:
-        # VecEnv.seed(s) seeds env i with s + i at the next reset; make_vec_env would not add the rank's offset.
-        vec_env.seed(seed + first_index)
+        vec_env = resolve_vec_env_cls(vec_env_cls, n_envs)([make_env(i) for i in range(n_envs)], **vec_env_kwargs)
+    # VecEnv.seed(s) seeds env i with s + i at the next reset. Like make_vec_env, also call it without a seed: it
+    # then draws one from numpy's global generator, and skipping that draw would change what follows it.
+    vec_env.seed(None if seed is None else seed + first_index)
     return vec_env

@@ -5,7 +5,11 @@ The zoo stores some values as Python expressions in strings (``policy_kwargs: "d
 turns them into objects with ``eval``. A config file is user input, and under MPI every rank would run it, so
 here those strings go through :func:`parse_literal` instead: a small walker over the ``ast`` of the expression
 that accepts literals, ``dict(...)`` calls with keyword arguments and a fixed allow-list of names
-(:data:`ALLOWED_NAMES`), and rejects everything else. Nothing from a config file is ever executed or imported.
+(:data:`ALLOWED_NAMES`), and rejects everything else. Nothing from a config file is ever executed or imported here.
+
+The class keys ``env_wrapper``, ``vec_env_wrapper`` and ``callback`` name classes by their import path, as in the
+zoo. This module only checks their form (see :func:`class_entries`); :func:`sb3_parallel_dqn.zoo_env.split_hyperparams`
+imports the named module and accepts the object only if it is a class of the expected kind.
 
 :func:`load_hyperparams` picks the entry for an environment (its own id, else ``atari`` for Atari ids, else
 ``default``), applies command-line overrides, converts the values to what ``DQN``/``ParallelDQN`` expects and
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import inspect
 import math
 import os
 import re
@@ -27,9 +32,13 @@ import gymnasium as gym
 import torch as th
 import yaml
 from stable_baselines3.common.buffers import DictReplayBuffer, NStepReplayBuffer, ReplayBuffer
+from stable_baselines3.common.torch_layers import CombinedExtractor, FlattenExtractor, NatureCNN
 from stable_baselines3.common.utils import LinearSchedule
+from stable_baselines3.common.vec_env import VecNormalize
 
-DEFAULT_CONF_FILE = Path(__file__).resolve().parent.parent / "zoo_configs" / "dqn.yml"
+# Shipped inside the package, so that a non-editable install has it too; the repository's zoo_configs/dqn.yml is a
+# link to this file.
+DEFAULT_CONF_FILE = Path(__file__).resolve().parent / "zoo_configs" / "dqn.yml"
 
 
 class ConfigError(ValueError):
@@ -64,7 +73,10 @@ class ConfigError(ValueError):
 
 
 def _allowed_names() -> dict[str, object]:
-    """Build the allow-list: activation classes, optimizers and SB3 replay buffers, under their usual spellings."""
+    """
+    Build the allow-list: activation classes, optimizers, SB3 replay buffers and SB3 feature extractors, under their
+    usual spellings.
+    """
     activations = "ReLU ReLU6 Tanh ELU SELU LeakyReLU SiLU GELU Mish Sigmoid Softplus Identity".split()
     optimizers = "Adam AdamW RMSprop SGD".split()
     names: dict[str, object] = {}
@@ -75,6 +87,10 @@ def _allowed_names() -> dict[str, object]:
     for buffer_class in (ReplayBuffer, DictReplayBuffer, NStepReplayBuffer):
         names[buffer_class.__name__] = buffer_class
         names[f"stable_baselines3.common.buffers.{buffer_class.__name__}"] = buffer_class
+    # ``policy_kwargs: "dict(features_extractor_class=NatureCNN)"``.
+    for extractor_class in (NatureCNN, FlattenExtractor, CombinedExtractor):
+        names[extractor_class.__name__] = extractor_class
+        names[f"stable_baselines3.common.torch_layers.{extractor_class.__name__}"] = extractor_class
     return names
 
 
@@ -336,12 +352,100 @@ def _one_of(*choices: str) -> Callable[[Any], str]:
     return convert
 
 
+def _check_plain(value: Any, what: str) -> None:
+    """Raise unless ``value`` is built from YAML scalars, lists and mappings with string keys (no objects)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            _check_plain(item, what)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ConfigError(f"{what}: keys must be strings, got {type(key).__name__} {key!r}")
+            _check_plain(item, what)
+        return
+    raise ConfigError(
+        f"{what}: expected plain values (numbers, strings, booleans, null, lists, mappings), "
+        f"got {type(value).__name__} {value!r}"
+    )
+
+
+_VEC_NORMALIZE_ARGS = frozenset(inspect.signature(VecNormalize).parameters) - {"venv"}
+
+
 def _normalize(value: Any) -> bool | dict[str, Any]:
-    # The zoo accepts a bool or a string such as "dict(norm_obs=True, norm_reward=False)" (VecNormalize kwargs).
+    # The zoo accepts a bool, or VecNormalize's keyword arguments as a dict or a "dict(norm_obs=True, ...)" string;
+    # null reads as False there too.
     parsed = parse_literal(value, key="normalize") if isinstance(value, str) else value
+    if parsed is None:
+        return False
     if not isinstance(parsed, (bool, dict)):
-        raise ConfigError(f'expected a bool or a "dict(...)" string of VecNormalize arguments, got {value!r}')
+        raise ConfigError(f'expected a bool, or a dict or "dict(...)" string of VecNormalize arguments, got {value!r}')
+    if isinstance(parsed, dict):
+        _check_plain(parsed, "VecNormalize arguments")
+        unknown = sorted(set(parsed) - _VEC_NORMALIZE_ARGS)
+        if unknown:
+            raise ConfigError(f"unknown VecNormalize argument(s) {unknown}; expected some of {sorted(_VEC_NORMALIZE_ARGS)}")
     return parsed
+
+
+# ``pkg.module.Name``: a module path and an attribute, each part a Python identifier. This is only a check of the
+# form; leading dots (relative imports), spaces and calls never get as far as an import.
+_DOTTED_NAME = re.compile(r"[^\W\d]\w*(?:\.[^\W\d]\w*)+")
+
+
+def class_entries(value: Any, key: str) -> list[tuple[str | type, dict[str, Any]]]:
+    """
+    The classes and keyword arguments named by a zoo class key: ``env_wrapper``, ``vec_env_wrapper`` or ``callback``.
+
+    The forms are the zoo's (``rl_zoo3.utils.get_wrapper_class``/``get_callback_list``): ``None`` for nothing; a
+    dotted name ``pkg.module.Class``; a one-item mapping ``{pkg.module.Class: {keyword: value, ...}}``; or a list
+    whose items are either. Keyword arguments must be a mapping of plain YAML values. A class object (not something
+    YAML can produce) stands for itself. Only the form is checked here: nothing is imported.
+
+    :param value: the value of ``key`` in an entry
+    :param key: the hyperparameter, used in error messages
+    :return: ``(dotted name or class, keyword arguments)`` pairs, in the order given
+    :raises ConfigError: naming ``key`` and quoting the offending part of ``value``
+    """
+    if value is None:
+        return []
+    entries: list[tuple[str | type, dict[str, Any]]] = []
+    for item in value if isinstance(value, (list, tuple)) else [value]:
+        if isinstance(item, dict):
+            if len(item) != 1:
+                raise ConfigError(
+                    f"expected a one-item mapping {{<dotted.Name>: {{<keyword arguments>}}}}, got {item!r} "
+                    "(check the indentation)",
+                    key=key,
+                )
+            ((name, kwargs),) = item.items()
+        else:
+            name, kwargs = item, {}
+        if not isinstance(name, type) and not (isinstance(name, str) and _DOTTED_NAME.fullmatch(name)):
+            raise ConfigError(f"expected a dotted class name such as 'package.module.Class', got {name!r}", key=key)
+        if not isinstance(kwargs, dict):
+            raise ConfigError(
+                f"the keyword arguments of {name!r} must be a mapping, got {type(kwargs).__name__} {kwargs!r}", key=key
+            )
+        try:
+            _check_plain(kwargs, f"keyword arguments of {name!r}")
+        except ConfigError as err:
+            raise ConfigError(err.reason, key=key) from None
+        entries.append((name, dict(kwargs)))
+    return entries
+
+
+def _class_key(key: str) -> Callable[[Any], Any]:
+    def convert(value: Any) -> Any:
+        # Checked here so that a malformed value is reported with its file and entry; kept as written, so that the
+        # run's saved config is still a valid zoo entry. zoo_env.split_hyperparams resolves the names.
+        class_entries(value, key)
+        return value
+
+    return convert
 
 
 def _probability(key: str) -> Callable[[Any], float]:
@@ -350,7 +454,7 @@ def _probability(key: str) -> Callable[[Any], float]:
 
 # One converter per known key. Keys meant for the training script rather than the model (n_timesteps, n_envs,
 # policy, frame_stack, env_wrapper, normalize, vec_env_wrapper, callback, env_kwargs, vec_env) are converted and
-# checked too, but importing wrappers or callbacks is left to the script.
+# checked too, but importing wrappers or callbacks is left to zoo_env.split_hyperparams.
 _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "n_timesteps": _int_at_least(1),
     "n_envs": _int_at_least(1),
@@ -378,10 +482,10 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "sync_check_interval": _int_at_least(0),
     # The zoo treats a false-y frame_stack as "no frame stacking", hence 0 is allowed.
     "frame_stack": _int_at_least(0),
-    "env_wrapper": _of_type(str, list, dict),
+    "env_wrapper": _class_key("env_wrapper"),
     "normalize": _normalize,
-    "vec_env_wrapper": _of_type(str, list, dict),
-    "callback": _of_type(str, list, dict),
+    "vec_env_wrapper": _class_key("vec_env_wrapper"),
+    "callback": _class_key("callback"),
     "vec_env": _one_of("subproc", "dummy"),
 }
 
@@ -413,6 +517,23 @@ def _select_entry(data: dict[str, Any], env_id: str, path: Path) -> str:
     raise ConfigError(f"no entry for '{env_id}' and no 'default' entry (entries: {sorted(map(str, data))})", file=path)
 
 
+def load_raw_entry(env_id: str, conf_file: str | os.PathLike[str] | None = None) -> tuple[dict[str, Any], str]:
+    """
+    The entry of ``env_id`` as written in the file (own entry, else ``atari``, else ``default``), unconverted: what
+    a run folder's ``config.yml`` stores, so that it reads back through :func:`load_hyperparams`.
+
+    :return: the entry's keys and values, and the entry's name
+    :raises ConfigError: for a missing or invalid file, or no applicable entry
+    """
+    path = Path(DEFAULT_CONF_FILE if conf_file is None else conf_file)
+    data = _read_yaml(path)
+    section = _select_entry(data, env_id, path)
+    entry = data[section] if data[section] is not None else {}  # an entry with no keys reads as None
+    if not isinstance(entry, dict):
+        raise ConfigError(f"expected a mapping of hyperparameters, got {type(entry).__name__}", file=path, entry=section)
+    return dict(entry), section
+
+
 def load_hyperparams(
     env_id: str, conf_file: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None
 ) -> tuple[dict[str, Any], str]:
@@ -424,23 +545,21 @@ def load_hyperparams(
     before conversion, so they get the same checks. Conversions: integer keys accept integral floats
     (``!!float 1e5``); ``learning_rate: lin_<x>`` becomes :func:`linear_schedule`; a ``train_freq`` list becomes a
     tuple; ``*_kwargs`` strings go through :func:`parse_literal`; ``replay_buffer_class`` names an SB3 buffer;
-    ``n_envs`` defaults to 1. Script-level keys (``n_timesteps``, ``n_envs``, ``policy``, ``frame_stack``,
-    ``env_wrapper``, ``normalize``, ``vec_env_wrapper``, ``callback``, ``env_kwargs``, ``vec_env``) stay in the
-    result: the caller pops them before building the model.
+    ``normalize`` becomes a bool or a dict of ``VecNormalize`` arguments; ``env_wrapper``, ``vec_env_wrapper`` and
+    ``callback`` are checked by :func:`class_entries` but kept as written; ``n_envs`` defaults to 1. Script-level
+    keys (``n_timesteps``, ``n_envs``, ``policy``, ``frame_stack``, ``env_wrapper``, ``normalize``,
+    ``vec_env_wrapper``, ``callback``, ``env_kwargs``, ``vec_env``) stay in the result:
+    :func:`sb3_parallel_dqn.zoo_env.split_hyperparams` takes them out before the model is built.
 
     :param env_id: the gymnasium environment id
-    :param conf_file: the YAML file; defaults to the repository's ``zoo_configs/dqn.yml``
+    :param conf_file: the YAML file; defaults to the package's ``zoo_configs/dqn.yml``
     :param overrides: values that replace (or add to) those of the entry
     :return: the hyperparameters, and the name of the entry they came from
     :raises ConfigError: for a missing or invalid file, no applicable entry, an unknown key (with the closest known
         one as a suggestion) or a value of the wrong type or out of range
     """
     path = Path(DEFAULT_CONF_FILE if conf_file is None else conf_file)
-    data = _read_yaml(path)
-    section = _select_entry(data, env_id, path)
-    entry = data[section] if data[section] is not None else {}  # an entry with no keys reads as None
-    if not isinstance(entry, dict):
-        raise ConfigError(f"expected a mapping of hyperparameters, got {type(entry).__name__}", file=path, entry=section)
+    entry, section = load_raw_entry(env_id, path)
     raw = {**entry, **(overrides or {})}
 
     # Check every key before converting any value, so that a typo is reported as such rather than as a

@@ -27,6 +27,7 @@ from torch.nn import functional as F
 
 from sb3_parallel_dqn import mpi_tools
 from sb3_parallel_dqn.callbacks import GlobalProgressBarCallback
+from sb3_parallel_dqn.checkpoints import atomic_path, rank_path
 from sb3_parallel_dqn.env_util import make_parallel_vec_env
 from sb3_parallel_dqn.mpi_pytorch import GradientAverager, broadcast_module_, broadcast_optimizer_, check_synced
 
@@ -163,6 +164,9 @@ class ParallelDQN(DQN):
         self._rank = mpi_tools.rank()
         self._grad_averager: GradientAverager | None = None
         self._global_episode_means: dict[str, float] | None = None
+        # Saved with the model: envs stepped per _on_step call over the whole job (n_envs * world_size) when it
+        # last trained, so that a run resumed with another layout keeps its target-update phase (_setup_learn).
+        self._global_envs: int | None = None
         set_torch_threads(torch_num_threads)
 
         if isinstance(env, str) and (n_envs > 1 or vec_env_cls is not None or env_kwargs is not None):
@@ -409,6 +413,12 @@ class ParallelDQN(DQN):
             if self._rank != 0:
                 # Only rank 0 writes stdout, csv and tensorboard: the others log into the void.
                 self.set_logger(Logger(folder=None, output_formats=[]))
+        global_envs = self.n_envs * self._world_size
+        if not reset_num_timesteps and self._global_envs not in (None, global_envs):
+            # _on_step updates the target network every target_update_interval // global_envs calls: rescale the
+            # call counter so that the next update falls on the same global step as with the old layout.
+            self._n_calls = self._n_calls * self._global_envs // global_envs
+        self._global_envs = global_envs
         return super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
 
     def _check_lockstep(self, total_timesteps: int, reset_num_timesteps: bool) -> None:
@@ -459,24 +469,40 @@ class ParallelDQN(DQN):
         exclude: Any = None,
         include: Any = None,
     ) -> None:
-        """As SB3's, but only rank 0 writes: all ranks hold the same weights, and concurrent writers would clash."""
-        if self._rank == 0:
+        """
+        As SB3's, but only rank 0 writes (all ranks hold the same weights, and concurrent writers would clash), and a
+        path is written atomically: a crash mid-write leaves the previous file intact.
+        """
+        if self._rank != 0:
+            return
+        if not isinstance(path, str | os.PathLike):
             super().save(path, exclude, include)
+            return
+        with atomic_path(path, "zip") as temporary:
+            super().save(temporary, exclude, include)
 
     def save_replay_buffer(self, path: str | pathlib.Path | io.BufferedIOBase) -> None:
-        """Save this rank's replay buffer; under MPI each rank writes ``<path>.rank<r>.pkl``."""
-        super().save_replay_buffer(self._rank_path(path))
+        """
+        Save this rank's replay buffer, atomically; under MPI each rank writes ``<path>.rank<r>.pkl``
+        (``path`` without its ``.pkl``).
+        """
+        if not isinstance(path, str | os.PathLike):
+            super().save_replay_buffer(path)
+            return
+        with atomic_path(self._rank_path(path), "pkl") as temporary:
+            super().save_replay_buffer(temporary)
 
     def load_replay_buffer(self, path: str | pathlib.Path | io.BufferedIOBase, truncate_last_traj: bool = True) -> None:
         """Load this rank's replay buffer, saved by :meth:`save_replay_buffer` with the same world size."""
-        super().load_replay_buffer(self._rank_path(path), truncate_last_traj)
+        if isinstance(path, str | os.PathLike):
+            path = self._rank_path(path)
+        super().load_replay_buffer(path, truncate_last_traj)
 
-    def _rank_path(self, path: str | pathlib.Path | io.BufferedIOBase) -> str | pathlib.Path | io.BufferedIOBase:
-        if self._world_size == 1 or not isinstance(path, str | os.PathLike):
-            return path
+    def _rank_path(self, path: str | os.PathLike[str]) -> pathlib.Path:
         path = pathlib.Path(path)
-        stem = path.name[: -len(".pkl")] if path.name.endswith(".pkl") else path.name
-        return path.with_name(f"{stem}.rank{self._rank}.pkl")
+        if path.suffix == "":  # as SB3, which saves "buffer" as "buffer.pkl"
+            path = pathlib.Path(f"{path}.pkl")
+        return rank_path(path, self._rank, self._world_size)
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_world_size", "_rank", "_grad_averager", "_global_episode_means"]

@@ -3,12 +3,22 @@ Train ParallelDQN on one env from a zoo-style config, with one process or under 
 
     python scripts/train.py --env CartPole-v1
     mpirun -np 2 python scripts/train.py --env CartPole-v1 --seed 0 --progress
+    mpirun -np 2 python scripts/train.py --env PongNoFrameskip-v4 --save-freq 100000 --save-replay-buffer
+    mpirun -np 2 python scripts/train.py --env CartPole-v1 -i logs/parallel_dqn/CartPole-v1_1/rl_model_20000_steps.zip
 
-The entry for the env (else ``atari``, else ``default``) is read from ``zoo_configs/dqn.yml``. The run is saved
-under ``<log-folder>/parallel_dqn/<env>_<id>/`` (model zip, config, per-env monitor files). Rank 0 evaluates
-the greedy policy every ``--eval-freq`` global steps and keeps the best model (``best_model.zip``, as the zoo's
+The entry for the env (else ``atari``, else ``default``) is read from ``zoo_configs/dqn.yml`` (or ``-conf``), with
+``-params key:value`` overrides, as in rl-baselines3-zoo. The run is saved under
+``<log-folder>/parallel_dqn/<env>_<id>/`` (see :mod:`sb3_parallel_dqn.run_folder`). Rank 0 evaluates the greedy
+policy every ``--eval-freq`` global steps and keeps the best model (``best_model.zip``, as the zoo's
 EvalCallback does); at the end it evaluates the final and the best model on fresh seeds and prints their mean
-returns.
+returns. ``--save-freq`` writes atomic checkpoints (with ``--save-replay-buffer``, every rank's replay buffer too).
+
+``-i/--trained-agent`` continues a saved run exactly: global timesteps, schedules and the target-update phase go on
+from the saved counters, each rank reloads its replay buffer shard when one was saved, and without ``-n`` the run
+ends where the original one was meant to end. ``-n N`` trains N more global steps instead (the schedules then
+stretch over the longer run). The env settings come from the saved run's ``<env>/config.yml`` unless ``-conf`` is
+given. A different world size is fine for the model; replay buffer shards only load with the world size that
+wrote them (each rank's buffer holds different transitions).
 """
 
 from __future__ import annotations
@@ -16,19 +26,36 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import uuid
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import yaml
-from stable_baselines3.common.callbacks import EvalCallback
+from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.evaluation import evaluate_policy
 
 from sb3_parallel_dqn import ParallelDQN, mpi_tools
-from sb3_parallel_dqn.hyperparams import DEFAULT_CONF_FILE, ConfigError, load_hyperparams, parse_override
-from sb3_parallel_dqn.zoo_env import EnvSettings, make_eval_env, make_train_env, split_hyperparams
+from sb3_parallel_dqn.callbacks import SaveVecNormalizeCallback
+from sb3_parallel_dqn.checkpoints import (
+    ParallelCheckpointCallback,
+    replay_buffer_path,
+    replay_buffer_shards,
+    vecnormalize_path,
+)
+from sb3_parallel_dqn.hyperparams import DEFAULT_CONF_FILE, ConfigError, load_hyperparams, load_raw_entry, parse_override
+from sb3_parallel_dqn.parallel_dqn import set_torch_threads
+from sb3_parallel_dqn.run_folder import next_run_dir, saved_config_path, write_run_files, yaml_value
+from sb3_parallel_dqn.zoo_env import (
+    EnvSettings,
+    make_callbacks,
+    make_eval_env,
+    make_train_env,
+    register_optional_envs,
+    save_vecnormalize,
+    split_hyperparams,
+)
 
-ALGO = "parallel_dqn"
 # Evaluation envs are seeded far away from the training seeds (seed + rank * n_envs + i).
 EVAL_SEED_OFFSET = 1_000_000
 
@@ -36,7 +63,10 @@ EVAL_SEED_OFFSET = 1_000_000
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", type=str, default="CartPole-v1", help="environment ID")
-    parser.add_argument("-conf", "--conf-file", type=str, default=str(DEFAULT_CONF_FILE), help="zoo-style YAML config")
+    parser.add_argument(
+        "-conf", "--conf-file", type=str, default=None,
+        help=f"zoo-style YAML config (default: {DEFAULT_CONF_FILE.name} of the package, or the resumed run's config)",
+    )  # fmt: skip
     parser.add_argument("-n", "--n-timesteps", type=int, default=-1, help="global env steps (overrides the config)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (rank r, env i use seed + r * n_envs + i)")
     parser.add_argument("--n-envs", type=int, default=None, help="envs per rank (overrides the config)")
@@ -48,6 +78,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-freq", type=int, default=10_000, help="evaluate every this many global steps (<= 0: never)")
     parser.add_argument("--eval-episodes", type=int, default=5, help="episodes per periodic evaluation")
     parser.add_argument("--final-eval-episodes", type=int, default=20, help="episodes of the final evaluations (0: skip)")
+    parser.add_argument("--save-freq", type=int, default=-1, help="checkpoint every this many global steps (<= 0: never)")
+    parser.add_argument(
+        "--save-replay-buffer", action="store_true",
+        help="save every rank's replay buffer with checkpoints and at the end",
+    )  # fmt: skip
+    parser.add_argument("-i", "--trained-agent", type=str, default="", help="continue training this saved model (.zip)")
+    parser.add_argument("--uuid", action="store_true", help="append a UUID to the run folder name")
     parser.add_argument("--log-interval", type=int, default=-1, help="log every this many episodes (-1: SB3 default)")
     parser.add_argument("--torch-threads", type=int, default=None, help="torch threads per rank (default 1)")
     parser.add_argument("--verbose", type=int, default=1, help="0: quiet, 1: training logs")
@@ -58,11 +95,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def next_run_dir(log_folder: str, env_id: str) -> Path:
-    """``<log_folder>/parallel_dqn/<env>_<n+1>`` where n is the largest existing run id (zoo layout)."""
-    algo_dir = Path(log_folder) / ALGO
-    ids = [int(p.name.rsplit("_", 1)[1]) for p in algo_dir.glob(f"{env_id}_*") if p.name.rsplit("_", 1)[1].isdigit()]
-    return algo_dir / f"{env_id}_{max(ids, default=0) + 1}"
+class Setup:
+    """Everything read and checked before MPI starts: a bad input ends every rank the same way, with exit code 2."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        register_optional_envs()
+        gym.spec(args.env)
+        if args.trained_agent and not (args.trained_agent.endswith(".zip") and Path(args.trained_agent).is_file()):
+            raise ConfigError(f"--trained-agent: no such model file (.zip): {args.trained_agent}")
+        conf_file = Path(args.conf_file) if args.conf_file is not None else DEFAULT_CONF_FILE
+        if args.trained_agent and args.conf_file is None:
+            # A resumed run keeps its own settings (wrappers, frame stack, n_envs...), saved next to its model.
+            resumed_config = saved_config_path(Path(args.trained_agent).parent, args.env)
+            conf_file = resumed_config if resumed_config.is_file() else conf_file
+        self.conf_file = conf_file
+
+        raw_overrides: dict[str, Any] = {}
+        overrides: dict[str, Any] = {}
+        for item in args.hyperparams:
+            key, value = parse_override(item)
+            overrides[key] = value
+            raw_overrides[key] = yaml_value(value, item.partition(":")[2].strip())
+        for key, value in (("n_envs", args.n_envs), ("vec_env", args.vec_env)):
+            if value is not None:
+                overrides[key] = raw_overrides[key] = value
+        self.hyperparams, self.entry = load_hyperparams(args.env, conf_file, overrides)
+        raw_entry, _ = load_raw_entry(args.env, conf_file)
+        self.raw_entry = {**raw_entry, **raw_overrides}
+        self.model_kwargs, self.settings = split_hyperparams(self.hyperparams)
+        self.n_timesteps = args.n_timesteps if args.n_timesteps > 0 else self.settings.n_timesteps
+        if self.n_timesteps is None and not args.trained_agent:
+            raise ConfigError(f"no n_timesteps in entry '{self.entry}' of {conf_file}: pass -n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,82 +133,156 @@ def main(argv: list[str] | None = None) -> int:
     # Validate everything before MPI starts or any env is built: every rank reads the same files and fails the same
     # way, so a bad config ends the job with exit code 2 instead of a half-started run.
     try:
-        gym.spec(args.env)
-        overrides = dict(parse_override(item) for item in args.hyperparams)
-        if args.n_envs is not None:
-            overrides["n_envs"] = args.n_envs
-        if args.vec_env is not None:
-            overrides["vec_env"] = args.vec_env
-        hyperparams, entry = load_hyperparams(args.env, args.conf_file, overrides)
-        model_kwargs, settings = split_hyperparams(hyperparams)
+        setup = Setup(args)
     except (ConfigError, gym.error.Error) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    n_timesteps = args.n_timesteps if args.n_timesteps > 0 else settings.n_timesteps
-    if n_timesteps is None:
-        print(f"error: no n_timesteps in entry '{entry}' of {args.conf_file}: pass -n", file=sys.stderr)
-        return 2
+    settings, world_size = setup.settings, mpi_tools.world_size()
+    shards: list[Path] = []
+    if args.trained_agent:
+        try:
+            shards, shard_world_size = replay_buffer_shards(args.trained_agent)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        if shards and shard_world_size != world_size:
+            print(
+                f"error: the replay buffer next to {args.trained_agent} was saved by {shard_world_size} rank(s), this "
+                f"job has {world_size}: each rank reloads its own shard, so resume with mpirun -np {shard_world_size}, "
+                "or move the replay buffer files away to resume with empty buffers",
+                file=sys.stderr,
+            )
+            return 2
 
     # Rank 0 picks the run folder and tells the others, so that concurrent ranks never race for an id.
-    run_dir = Path(mpi_tools.broadcast_object(str(next_run_dir(args.log_folder, args.env)) if mpi_tools.is_root() else None))
+    uuid_str = f"_{uuid.uuid4()}" if args.uuid else ""
+    new_dir = str(next_run_dir(args.log_folder, args.env, uuid_str)) if mpi_tools.is_root() else None
+    run_dir = Path(mpi_tools.broadcast_object(new_dir))
     if mpi_tools.is_root():
-        (run_dir / args.env).mkdir(parents=True, exist_ok=True)
-        saved = {key: repr(value) if callable(value) else value for key, value in sorted(hyperparams.items())}
-        (run_dir / args.env / "config.yml").write_text(yaml.safe_dump({"entry": entry, **saved}, sort_keys=False))
-        (run_dir / args.env / "args.yml").write_text(yaml.safe_dump(vars(args)))
-        command = f"mpirun -np {mpi_tools.world_size()} python " + shlex.join(sys.argv)
-        (run_dir / "command.txt").write_text(command + "\n")
-        print(f"Training {args.env} on {mpi_tools.world_size()} process(es), config entry '{entry}', saving to {run_dir}")
+        source = f"entry '{setup.entry}' of {setup.conf_file}"
+        command = shlex.join([sys.executable, *sys.argv])
+        command = f"mpirun -np {world_size} {command}" if world_size > 1 else command
+        write_run_files(run_dir, args.env, setup.raw_entry, source, vars(args), command)
+        print(f"Training {args.env} on {world_size} process(es), config {source}, saving to {run_dir}")
 
-    env = make_train_env(args.env, settings, seed=args.seed, monitor_dir=str(run_dir))
-    model = ParallelDQN(
-        settings.policy,
-        env,
-        tensorboard_log=args.tensorboard_log,
-        seed=args.seed,
-        device=args.device,
-        verbose=args.verbose,
-        torch_num_threads=args.torch_threads,
-        **model_kwargs,
-    )
-    learn_kwargs = {} if args.log_interval < 0 else {"log_interval": args.log_interval}
-    callback = None
-    if args.eval_freq > 0 and mpi_tools.is_root():
-        # Rank 0 alone evaluates: the other ranks simply wait for it at the next gradient sync. EvalCallback counts
-        # this rank's env.step() calls, each of which is n_envs * world_size global steps.
-        eval_seed = None if args.seed is None else args.seed + EVAL_SEED_OFFSET
-        callback = EvalCallback(
-            make_eval_env(args.env, settings, seed=eval_seed),
-            eval_freq=max(args.eval_freq // (settings.n_envs * mpi_tools.world_size()), 1),
-            n_eval_episodes=args.eval_episodes,
-            best_model_save_path=str(run_dir),
-            log_path=str(run_dir),
-            verbose=args.verbose,
-        )
+    vecnormalize_stats = vecnormalize_path(args.trained_agent, args.env) if args.trained_agent else None
+    env = make_train_env(args.env, settings, seed=args.seed, monitor_dir=str(run_dir), vecnormalize_path=vecnormalize_stats)
     try:
-        model.learn(n_timesteps, callback=callback, progress_bar=args.progress, **learn_kwargs)
+        model, remaining = build_model(args, setup, env, shards)
+        callbacks = make_run_callbacks(args, settings, run_dir)
+        learn_kwargs: dict[str, Any] = {} if args.log_interval < 0 else {"log_interval": args.log_interval}
+        model.learn(
+            remaining,
+            callback=callbacks,
+            progress_bar=args.progress,
+            reset_num_timesteps=not args.trained_agent,
+            **learn_kwargs,
+        )
+        model_path = run_dir / f"{args.env}.zip"
+        if args.save_replay_buffer:
+            model.save_replay_buffer(replay_buffer_path(model_path))  # every rank, its own shard
+        model.save(model_path)  # rank 0 writes
+        if mpi_tools.is_root():
+            save_vecnormalize(model.get_vec_normalize_env(), run_dir / args.env / "vecnormalize.pkl")
     finally:
         env.close()
-    model_path = run_dir / f"{args.env}.zip"
-    model.save(model_path)  # rank 0 writes
 
     if mpi_tools.is_root():
         print(f"Saved model to {model_path}")
         if args.final_eval_episodes > 0:
-            # Fresh episodes, seeded apart from both training and periodic evaluation.
-            final_seed = None if args.seed is None else args.seed + 2 * EVAL_SEED_OFFSET
-            print(f"Final evaluation over {args.final_eval_episodes} episodes: {evaluate(model, args, settings, final_seed)}")
-            best_path = run_dir / "best_model.zip"
-            if best_path.exists():
-                best = ParallelDQN.load(best_path, device=model.device)
-                best_result = evaluate(best, args, settings, final_seed)
-                print(f"Best model ({best_path}) over {args.final_eval_episodes} episodes: {best_result}")
+            final_evaluation(model, args, settings, run_dir)
     return 0
 
 
-def evaluate(model: ParallelDQN, args: argparse.Namespace, settings: EnvSettings, seed: int | None) -> str:
+def build_model(args: argparse.Namespace, setup: Setup, env: Any, shards: list[Path]) -> tuple[ParallelDQN, int]:
+    """A new model, or the resumed one with its replay buffer shard; and the global steps to train."""
+    if not args.trained_agent:
+        model = ParallelDQN(
+            setup.settings.policy,
+            env,
+            tensorboard_log=args.tensorboard_log,
+            seed=args.seed,
+            device=args.device,
+            verbose=args.verbose,
+            torch_num_threads=args.torch_threads,
+            **setup.model_kwargs,
+        )
+        assert setup.n_timesteps is not None
+        return model, setup.n_timesteps
+
+    set_torch_threads(args.torch_threads)
+    # As the zoo: the policy (architecture) is the saved one; the other hyperparameters come from the config.
+    kwargs = {key: value for key, value in setup.model_kwargs.items() if key != "policy_kwargs"}
+    model = ParallelDQN.load(
+        args.trained_agent,
+        env=env,
+        seed=args.seed,
+        tensorboard_log=args.tensorboard_log,
+        verbose=args.verbose if mpi_tools.is_root() else 0,
+        device=args.device,
+        **kwargs,
+    )
+    if shards:
+        model.load_replay_buffer(replay_buffer_path(args.trained_agent))
+    if args.n_timesteps > 0:
+        remaining = args.n_timesteps
+    else:
+        # learn(reset_num_timesteps=False) adds num_timesteps back: the schedules span the original run.
+        remaining = model._total_timesteps - model.num_timesteps
+        if remaining <= 0:
+            raise SystemExit(f"error: {args.trained_agent} finished its {model._total_timesteps} steps: pass -n to go on")
+    if mpi_tools.is_root():
+        print(f"Resuming from {args.trained_agent} at {model.num_timesteps} global steps, for {remaining} more")
+    return model, remaining
+
+
+def make_run_callbacks(args: argparse.Namespace, settings: EnvSettings, run_dir: Path) -> list[BaseCallback]:
+    """As the zoo: the config's own callbacks, checkpoints (every rank), then periodic evaluation (rank 0)."""
+    callbacks = make_callbacks(settings)
+    if args.save_freq > 0:
+        callbacks.append(
+            ParallelCheckpointCallback(
+                save_freq=args.save_freq,
+                save_path=str(run_dir),
+                save_replay_buffer=args.save_replay_buffer,
+                save_vecnormalize=True,
+                verbose=2 if args.verbose >= 1 else 0,
+            )
+        )
+    if args.eval_freq > 0 and mpi_tools.is_root():
+        # Rank 0 alone evaluates: the other ranks simply wait for it at the next gradient sync. EvalCallback counts
+        # this rank's env.step() calls, each of which is n_envs * world_size global steps.
+        eval_seed = None if args.seed is None else args.seed + EVAL_SEED_OFFSET
+        callbacks.append(
+            EvalCallback(
+                make_eval_env(args.env, settings, seed=eval_seed),
+                eval_freq=max(args.eval_freq // (settings.n_envs * mpi_tools.world_size()), 1),
+                n_eval_episodes=args.eval_episodes,
+                best_model_save_path=str(run_dir),
+                log_path=str(run_dir),
+                verbose=args.verbose,
+                # As the zoo, keep the normalization statistics that go with the best model.
+                callback_on_new_best=SaveVecNormalizeCallback(run_dir / args.env / "vecnormalize.pkl"),
+            )
+        )
+    return callbacks
+
+
+def final_evaluation(model: ParallelDQN, args: argparse.Namespace, settings: EnvSettings, run_dir: Path) -> None:
+    """Evaluate the final and the best model on fresh episodes, seeded apart from training and periodic evaluation."""
+    seed = None if args.seed is None else args.seed + 2 * EVAL_SEED_OFFSET
+    print(f"Final evaluation over {args.final_eval_episodes} episodes: {evaluate(model, args, settings, run_dir, seed)}")
+    best_path = run_dir / "best_model.zip"
+    if best_path.exists():
+        best = ParallelDQN.load(best_path, device=model.device)
+        result = evaluate(best, args, settings, run_dir, seed)
+        print(f"Best model ({best_path}) over {args.final_eval_episodes} episodes: {result}")
+
+
+def evaluate(model: ParallelDQN, args: argparse.Namespace, settings: EnvSettings, run_dir: Path, seed: int | None) -> str:
     """Mean and std of the greedy policy's return over ``--final-eval-episodes`` episodes."""
-    eval_env = make_eval_env(args.env, settings, seed=seed)
+    # The statistics saved with the run (the final ones), as evaluate.py would use them.
+    eval_env = make_eval_env(args.env, settings, seed=seed, vecnormalize_path=run_dir / args.env / "vecnormalize.pkl")
     returns, _ = evaluate_policy(model, eval_env, n_eval_episodes=args.final_eval_episodes, return_episode_rewards=True)
     eval_env.close()
     return f"mean return {np.mean(returns):.2f} +/- {np.std(returns):.2f}"

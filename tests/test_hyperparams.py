@@ -11,6 +11,7 @@ import gymnasium as gym
 import pytest
 import torch as th
 from stable_baselines3.common.buffers import DictReplayBuffer, ReplayBuffer
+from stable_baselines3.common.torch_layers import CombinedExtractor, FlattenExtractor, NatureCNN
 
 from sb3_parallel_dqn.hyperparams import (
     ALLOWED_NAMES,
@@ -216,6 +217,21 @@ def test_script_keys_stay_in_result(tmp_path):
     assert params["normalize"] is False
 
 
+def test_normalize_forms(tmp_path):
+    assert load_hyperparams("X-v0", one_entry(tmp_path, "normalize: null"))[0]["normalize"] is False
+    assert load_hyperparams("X-v0", one_entry(tmp_path, "normalize: true"))[0]["normalize"] is True
+    params, _ = load_hyperparams("X-v0", one_entry(tmp_path, 'normalize: "dict(norm_obs=False, gamma=0.9)"'))
+    assert params["normalize"] == {"norm_obs": False, "gamma": 0.9}
+
+
+def test_class_keys_kept_as_written(tmp_path):
+    # Only their form is checked here: nothing is imported, so a name that does not exist still loads (and
+    # zoo_env.split_hyperparams rejects it).
+    value = [{"no_such_module.Wrapper": {"n": 1}}, "gymnasium.wrappers.OrderEnforcing"]
+    for key in ("env_wrapper", "vec_env_wrapper", "callback"):
+        assert load_hyperparams("X-v0", one_entry(tmp_path, "policy: MlpPolicy"), {key: value})[0][key] == value
+
+
 def test_gradient_steps_minus_one_allowed(tmp_path):
     assert load_hyperparams("X-v0", one_entry(tmp_path, "gradient_steps: -1"))[0]["gradient_steps"] == -1
 
@@ -233,6 +249,9 @@ def test_gradient_steps_minus_one_allowed(tmp_path):
          {"optimizer_class": th.optim.AdamW, "optimizer_kwargs": {"eps": 1e-5}}),
         ("torch.nn.Tanh", th.nn.Tanh),
         ("ReplayBuffer", ReplayBuffer),
+        ("dict(features_extractor_class=NatureCNN, features_extractor_kwargs=dict(features_dim=256))",
+         {"features_extractor_class": NatureCNN, "features_extractor_kwargs": {"features_dim": 256}}),
+        ("stable_baselines3.common.torch_layers.CombinedExtractor", CombinedExtractor),
         ("'quoted'", "quoted"),
         ("+3", 3),
         ("[]", []),
@@ -248,6 +267,9 @@ def test_allow_list_contents():
     assert ALLOWED_NAMES["th.optim.RMSprop"] is th.optim.RMSprop
     assert ALLOWED_NAMES["torch.optim.SGD"] is th.optim.SGD
     assert "NStepReplayBuffer" in ALLOWED_NAMES
+    for extractor in (NatureCNN, FlattenExtractor, CombinedExtractor):
+        assert ALLOWED_NAMES[extractor.__name__] is extractor
+        assert ALLOWED_NAMES[f"stable_baselines3.common.torch_layers.{extractor.__name__}"] is extractor
     assert not any(name.split(".")[0] in {"os", "sys", "builtins", "subprocess"} for name in ALLOWED_NAMES)
 
 
@@ -364,6 +386,16 @@ def test_unknown_key_without_close_match_lists_known(tmp_path):
         "optimize_memory_usage: 'yes please'",
         "policy: 3",
         "batch_size: true",
+        "normalize: 3",
+        "normalize: 'dict(venv=None)'",
+        "normalize: {norm_obs: true, normalise_reward: true}",
+        "normalize: 'dict(clip_obs=nn.ReLU)'",
+        "env_wrapper: 3",
+        "env_wrapper: 'os.system(1)'",
+        "env_wrapper: AtariWrapper",
+        "vec_env_wrapper: [{a.B: 1}]",
+        "callback: {a.B: {}, c.D: {}}",
+        "callback: [{a.B: {1: 2}}]",
     ],
 )
 def test_out_of_range_or_wrong_type(tmp_path, line):
@@ -482,8 +514,9 @@ def test_parse_override_rejects(item):
 
 
 def test_default_conf_file_is_repo_config():
-    assert DEFAULT_CONF_FILE == REPO_CONF
-    assert REPO_CONF.is_file()
+    # the repository's zoo_configs/dqn.yml links to the copy shipped in the package
+    assert DEFAULT_CONF_FILE == REPO_CONF.resolve()
+    assert REPO_CONF.is_file() and DEFAULT_CONF_FILE.parent.parent.name == "sb3_parallel_dqn"
 
 
 @pytest.mark.parametrize(

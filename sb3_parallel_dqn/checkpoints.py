@@ -1,0 +1,205 @@
+"""
+Checkpoints that survive a crash mid-write, and the file names that tie a model to its replay-buffer shards.
+
+Every file is written next to its destination under a temporary name, flushed to disk and renamed over the
+destination (:func:`atomic_path`): a rename is atomic on POSIX filesystems, so a reader (or a resumed run) sees
+either the previous complete file or the new complete file, never half of one.
+
+File layout, as SB3's ``CheckpointCallback`` and the zoo, with one replay buffer file per MPI rank:
+
+- ``rl_model_<N>_steps.zip``: the model after N global steps (rank 0 writes it);
+- ``rl_model_replay_buffer_<N>_steps.pkl`` with one process, else ``rl_model_replay_buffer_<N>_steps.rank<r>.pkl``
+  for each rank r (every rank writes its own shard);
+- ``rl_model_vecnormalize_<N>_steps.pkl``: rank 0's ``VecNormalize`` statistics, when the envs are normalized;
+- at the end of a run: ``<env>.zip`` and ``replay_buffer[.rank<r>].pkl``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import re
+from collections.abc import Iterator
+
+from stable_baselines3.common.callbacks import CheckpointCallback
+
+from sb3_parallel_dqn import mpi_tools
+
+_CHECKPOINT = re.compile(r"rl_model_(\d+)_steps\.zip")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str], suffix: str) -> Iterator[pathlib.Path]:
+    """
+    Yield a temporary path to write to; on success, move it over ``path`` atomically, else delete it.
+
+    ``path`` gets ``.<suffix>`` appended when it has no suffix, as SB3's ``save``/``save_to_pkl`` do, and the
+    temporary file keeps that suffix so SB3 writes it under exactly that name. The data is ``fsync``-ed before the
+    rename and the folder after it, so that even a power cut leaves the old or the new file.
+
+    :param path: the destination
+    :param suffix: the extension SB3 would add (``"zip"`` or ``"pkl"``)
+    :return: a context manager yielding the temporary path
+    """
+    final = pathlib.Path(path)
+    if final.suffix == "":
+        final = pathlib.Path(f"{final}.{suffix}")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    temporary = final.with_name(f".{final.stem}.{os.getpid()}.tmp{final.suffix}")
+    try:
+        yield temporary
+        with open(temporary, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(temporary, final)
+    finally:
+        temporary.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # some filesystems cannot open or sync a folder
+        folder = os.open(final.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+
+def rank_path(path: pathlib.Path, rank: int, world_size: int) -> pathlib.Path:
+    """``replay_buffer.pkl`` with one process, ``replay_buffer.rank<r>.pkl`` for rank r of several."""
+    if world_size == 1:
+        return path
+    stem = path.name[: -len(".pkl")] if path.name.endswith(".pkl") else path.name
+    return path.with_name(f"{stem}.rank{rank}.pkl")
+
+
+def replay_buffer_path(model_path: str | os.PathLike[str]) -> pathlib.Path:
+    """
+    The replay buffer saved with a model, before the per-rank suffix (:func:`rank_path`):
+    ``rl_model_replay_buffer_<N>_steps.pkl`` for the checkpoint ``rl_model_<N>_steps.zip``, else
+    ``replay_buffer.pkl`` in the model's folder (the zoo's name for the final buffer).
+    """
+    model_path = pathlib.Path(model_path)
+    match = _CHECKPOINT.fullmatch(model_path.name)
+    if match:
+        return model_path.with_name(f"rl_model_replay_buffer_{match.group(1)}_steps.pkl")
+    return model_path.with_name("replay_buffer.pkl")
+
+
+def vecnormalize_path(model_path: str | os.PathLike[str], env_id: str) -> pathlib.Path:
+    """The ``VecNormalize`` statistics saved with a model: the checkpoint's own, else ``<env>/vecnormalize.pkl``."""
+    model_path = pathlib.Path(model_path)
+    match = _CHECKPOINT.fullmatch(model_path.name)
+    if match:
+        return model_path.with_name(f"rl_model_vecnormalize_{match.group(1)}_steps.pkl")
+    return model_path.parent / env_id / "vecnormalize.pkl"
+
+
+def replay_buffer_shards(model_path: str | os.PathLike[str]) -> tuple[list[pathlib.Path], int | None]:
+    """
+    The replay-buffer files saved with a model, and the world size that wrote them (None when there are none).
+
+    :raises ValueError: when the shards are incomplete (some rank's file is missing)
+    """
+    base = replay_buffer_path(model_path)
+    if base.exists():
+        return [base], 1
+    pattern = re.compile(re.escape(base.name[: -len(".pkl")]) + r"\.rank(\d+)\.pkl")
+    ranks = sorted(int(m.group(1)) for p in base.parent.glob("*.pkl") if (m := pattern.fullmatch(p.name)))
+    if not ranks:
+        return [], None
+    world_size = len(ranks)
+    if ranks != list(range(world_size)):
+        missing = sorted(set(range(max(ranks) + 1)) - set(ranks))
+        raise ValueError(f"incomplete replay buffer shards next to {model_path}: rank(s) {missing} missing")
+    return [rank_path(base, rank, world_size) for rank in range(world_size)], world_size
+
+
+def list_checkpoints(folder: str | os.PathLike[str]) -> dict[int, pathlib.Path]:
+    """The ``rl_model_<N>_steps.zip`` files of a run folder, by N."""
+    found = {}
+    for path in pathlib.Path(folder).glob("rl_model_*_steps.zip"):
+        match = _CHECKPOINT.fullmatch(path.name)
+        if match:
+            found[int(match.group(1))] = path
+    return dict(sorted(found.items()))
+
+
+class ParallelCheckpointCallback(CheckpointCallback):
+    """
+    SB3's ``CheckpointCallback`` for ``ParallelDQN``: ``save_freq`` counts *global* env steps, checkpoints fall on
+    rollout boundaries so that a resumed run continues exactly, and writes are atomic.
+
+    SB3's callback saves in the middle of a rollout, before the gradient steps of that rollout: a run resumed from
+    it skips those updates. Here a checkpoint falls due when ``num_timesteps`` reaches the next multiple of
+    ``save_freq`` and is written at the start of the next rollout (after ``train()``), or at the end of training;
+    it is named after ``num_timesteps`` at that moment. Every counter (global timesteps, gradient updates, env-step
+    calls, hence schedules and the target-update phase) then resumes exactly where it was.
+
+    Every rank must use it with the same arguments: each rank writes its own replay buffer shard, and rank 0 writes
+    the model (``ParallelDQN.save`` does nothing on other ranks) and the ``VecNormalize`` statistics. The model is
+    written last, so that a checkpoint zip on disk means rank 0's other files of that step are complete. It calls
+    no MPI collective (a rank stopped by another callback must not leave the others waiting here); ranks reach the
+    same step together because they step their envs in lockstep.
+
+    :param save_freq: save every this many global env steps (summed over ranks and envs)
+    :param save_path: folder of the checkpoints
+    :param name_prefix: common prefix of the files
+    :param save_replay_buffer: also save every rank's replay buffer
+    :param save_vecnormalize: also save the ``VecNormalize`` statistics (rank 0's)
+    :param verbose: 2 prints each saved file (rank 0 only)
+    """
+
+    def __init__(
+        self,
+        save_freq: int,
+        save_path: str,
+        name_prefix: str = "rl_model",
+        save_replay_buffer: bool = False,
+        save_vecnormalize: bool = False,
+        verbose: int = 0,
+    ) -> None:
+        if save_freq < 1:
+            raise ValueError(f"save_freq must be >= 1, not {save_freq}")
+        super().__init__(save_freq, save_path, name_prefix, save_replay_buffer, save_vecnormalize, verbose)
+        self._next_save = save_freq
+        self._due = False
+
+    def _init_callback(self) -> None:
+        super()._init_callback()
+        # A resumed run goes on with the original run's schedule of checkpoints.
+        self._next_save = (self.model.num_timesteps // self.save_freq + 1) * self.save_freq
+        if not mpi_tools.is_root():
+            self.verbose = 0
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self._next_save:
+            self._due = True
+            self._next_save = (self.num_timesteps // self.save_freq + 1) * self.save_freq
+        return True
+
+    def _on_rollout_start(self) -> None:
+        if self._due:
+            self.save_checkpoint()
+
+    def _on_training_end(self) -> None:
+        if self._due:
+            self.save_checkpoint()
+
+    def save_checkpoint(self) -> None:
+        """Write this rank's files of a checkpoint now."""
+        self._due = False
+        self.num_timesteps = self.model.num_timesteps  # named after the step it holds
+        if self.save_replay_buffer and getattr(self.model, "replay_buffer", None) is not None:
+            path = self._checkpoint_path("replay_buffer_", extension="pkl")
+            self.model.save_replay_buffer(path)  # type: ignore[attr-defined]
+            if self.verbose >= 2:
+                print(f"Saving model replay buffer checkpoint to {path}")
+        vec_normalize = self.model.get_vec_normalize_env()
+        if self.save_vecnormalize and vec_normalize is not None and mpi_tools.is_root():
+            path = self._checkpoint_path("vecnormalize_", extension="pkl")
+            with atomic_path(path, "pkl") as temporary:
+                vec_normalize.save(str(temporary))
+            if self.verbose >= 2:
+                print(f"Saving model VecNormalize to {path}")
+        path = self._checkpoint_path(extension="zip")
+        self.model.save(path)
+        if self.verbose >= 2:
+            print(f"Saving model checkpoint to {path}")
