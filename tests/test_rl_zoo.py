@@ -54,22 +54,28 @@ def single_run(tmp_path_factory):
     return run_dir(log_folder), result
 
 
+REGISTER_TWICE = """
+import rl_zoo3, rl_zoo3.exp_manager, rl_zoo3.hyperparams_opt, rl_zoo3.train
+from stable_baselines3 import DQN
+from sb3_parallel_dqn import ParallelDQN
+from sb3_parallel_dqn.zoo import register
+
+register()
+register()
+for module in (rl_zoo3, rl_zoo3.train, rl_zoo3.exp_manager):
+    assert module.ALGOS["parallel_dqn"] is ParallelDQN
+assert rl_zoo3.ALGOS["dqn"] is DQN
+sampler = rl_zoo3.hyperparams_opt.HYPERPARAMS_SAMPLER
+assert sampler["parallel_dqn"] is sampler["dqn"]
+print("registered")
+"""
+
+
 @requires_zoo
 def test_register_is_idempotent():
-    import rl_zoo3
-    import rl_zoo3.exp_manager
-    import rl_zoo3.hyperparams_opt
-    import rl_zoo3.train
-
-    from sb3_parallel_dqn.zoo import register
-
-    register()
-    register()
-    for module in (rl_zoo3, rl_zoo3.train, rl_zoo3.exp_manager):
-        assert module.ALGOS["parallel_dqn"] is ParallelDQN
-    assert rl_zoo3.ALGOS["dqn"] is DQN
-    sampler = rl_zoo3.hyperparams_opt.HYPERPARAMS_SAMPLER
-    assert sampler["parallel_dqn"] is sampler["dqn"]
+    # In a subprocess: importing rl_zoo3 patches gymnasium's TimeLimit for the whole process, which must not leak
+    # into the other tests.
+    assert "registered" in check_ok(run_python(["-c", REGISTER_TWICE])).stdout
 
 
 @requires_zoo
