@@ -6,8 +6,11 @@ Importing the package does not initialise MPI; that happens on first use, and on
 import os
 
 from sb3_parallel_dqn.env_util import make_parallel_vec_env
+from sb3_parallel_dqn.interrupt import stop_on_signals
 from sb3_parallel_dqn.mpi_pytorch import WeightsDivergedError
-from sb3_parallel_dqn.parallel_dqn import LockstepError, ParallelDQN
+from sb3_parallel_dqn.parallel_dqn import LockstepError, NonFiniteError, ParallelDQN, UnsupportedSpaceError
+from sb3_parallel_dqn.safe_load import ModelFileError, UnsafeModelFileError, load_weights_only
+from sb3_parallel_dqn.vec_env import EnvWorkerError, ParallelSubprocVecEnv
 
 # Read version from file
 version_file = os.path.join(os.path.dirname(__file__), "version.txt")
@@ -15,8 +18,16 @@ with open(version_file) as file_handler:
     __version__ = file_handler.read().strip()
 
 __all__ = [
+    "EnvWorkerError",
     "LockstepError",
+    "ModelFileError",
+    "NonFiniteError",
     "ParallelDQN",
+    "ParallelSubprocVecEnv",
+    "UnsafeModelFileError",
+    "UnsupportedSpaceError",
     "WeightsDivergedError",
+    "load_weights_only",
     "make_parallel_vec_env",
+    "stop_on_signals",
 ]

@@ -22,6 +22,7 @@ import pathlib
 import re
 from collections.abc import Iterator
 
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import CheckpointCallback
 
 from sb3_parallel_dqn import mpi_tools
@@ -52,6 +53,9 @@ def atomic_path(path: str | os.PathLike[str], suffix: str) -> Iterator[pathlib.P
         with open(temporary, "rb") as written:
             os.fsync(written.fileno())
         os.replace(temporary, final)
+    except OSError as error:  # disk full, folder not writable...: say which file, and that the old one is safe
+        kept = "the previous file is intact" if final.exists() else "no file was written"
+        raise OSError(error.errno, f"could not write {final}: {error.strerror or error} ({kept})") from error
     finally:
         temporary.unlink(missing_ok=True)
     with contextlib.suppress(OSError):  # some filesystems cannot open or sync a folder
@@ -187,19 +191,47 @@ class ParallelCheckpointCallback(CheckpointCallback):
         """Write this rank's files of a checkpoint now."""
         self._due = False
         self.num_timesteps = self.model.num_timesteps  # named after the step it holds
-        if self.save_replay_buffer and getattr(self.model, "replay_buffer", None) is not None:
-            path = self._checkpoint_path("replay_buffer_", extension="pkl")
-            self.model.save_replay_buffer(path)  # type: ignore[attr-defined]
-            if self.verbose >= 2:
-                print(f"Saving model replay buffer checkpoint to {path}")
-        vec_normalize = self.model.get_vec_normalize_env()
-        if self.save_vecnormalize and vec_normalize is not None and mpi_tools.is_root():
-            path = self._checkpoint_path("vecnormalize_", extension="pkl")
-            with atomic_path(path, "pkl") as temporary:
-                vec_normalize.save(str(temporary))
-            if self.verbose >= 2:
-                print(f"Saving model VecNormalize to {path}")
-        path = self._checkpoint_path(extension="zip")
-        self.model.save(path)
-        if self.verbose >= 2:
-            print(f"Saving model checkpoint to {path}")
+        save_checkpoint(
+            self.model,
+            self.save_path,
+            self.name_prefix,
+            save_replay_buffer=self.save_replay_buffer,
+            save_vecnormalize=self.save_vecnormalize,
+            verbose=self.verbose,
+        )
+
+
+def save_checkpoint(
+    model: BaseAlgorithm,
+    folder: str | os.PathLike[str],
+    name_prefix: str = "rl_model",
+    save_replay_buffer: bool = False,
+    save_vecnormalize: bool = True,
+    verbose: int = 0,
+) -> pathlib.Path:
+    """
+    Write this rank's files of a checkpoint of ``model`` at its current ``num_timesteps`` (see the module docstring
+    for the names): the replay buffer shard (every rank), the ``VecNormalize`` statistics and then the model (rank
+    0). Call it on every rank at the same step, at a rollout boundary for an exact resume.
+
+    :return: the model file of the checkpoint
+    """
+    step = model.num_timesteps
+    folder = pathlib.Path(folder)
+    if save_replay_buffer and getattr(model, "replay_buffer", None) is not None:
+        path = folder / f"{name_prefix}_replay_buffer_{step}_steps.pkl"
+        model.save_replay_buffer(path)  # type: ignore[attr-defined]
+        if verbose >= 2:
+            print(f"Saving model replay buffer checkpoint to {path}")
+    vec_normalize = model.get_vec_normalize_env()
+    if save_vecnormalize and vec_normalize is not None and mpi_tools.is_root():
+        path = folder / f"{name_prefix}_vecnormalize_{step}_steps.pkl"
+        with atomic_path(path, "pkl") as temporary:
+            vec_normalize.save(str(temporary))
+        if verbose >= 2:
+            print(f"Saving model VecNormalize to {path}")
+    model_path = folder / f"{name_prefix}_{step}_steps.zip"
+    model.save(model_path)
+    if verbose >= 2:
+        print(f"Saving model checkpoint to {model_path}")
+    return model_path

@@ -12,16 +12,24 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 from stable_baselines3.common.vec_env.patch_gym import _patch_env
 
 from sb3_parallel_dqn import mpi_tools
+from sb3_parallel_dqn.vec_env import ParallelSubprocVecEnv
 
-VEC_ENV_CLASSES: dict[str, type[DummyVecEnv | SubprocVecEnv]] = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}
+VEC_ENV_CLASSES: dict[str, type[DummyVecEnv | SubprocVecEnv]] = {"dummy": DummyVecEnv, "subproc": ParallelSubprocVecEnv}
 
 
 def resolve_vec_env_cls(
     vec_env_cls: str | type[DummyVecEnv | SubprocVecEnv] | None, n_envs: int
 ) -> type[DummyVecEnv | SubprocVecEnv]:
-    """``None`` picks a ``SubprocVecEnv`` for several envs and a ``DummyVecEnv`` for one; strings name either."""
+    """
+    ``None`` picks a ``SubprocVecEnv`` for several envs and a ``DummyVecEnv`` for one; strings name either.
+
+    Every ``SubprocVecEnv`` is a :class:`~sb3_parallel_dqn.vec_env.ParallelSubprocVecEnv`, SB3's class passed
+    explicitly included: it behaves the same but names the env worker that died (subclasses are left alone).
+    """
     if vec_env_cls is None:
-        return SubprocVecEnv if n_envs > 1 else DummyVecEnv
+        return ParallelSubprocVecEnv if n_envs > 1 else DummyVecEnv
+    if vec_env_cls is SubprocVecEnv:
+        return ParallelSubprocVecEnv
     if isinstance(vec_env_cls, str):
         try:
             return VEC_ENV_CLASSES[vec_env_cls]
@@ -65,7 +73,8 @@ def make_parallel_vec_env(
     :param wrapper_class: applied to each env after ``Monitor``; it is sent to ``SubprocVecEnv`` workers, so it must
         be picklable (with cloudpickle) under ``spawn``/``forkserver``
     :param vec_env_cls: ``"subproc"``, ``"dummy"``, a ``VecEnv`` class, or None for ``SubprocVecEnv`` when
-        ``n_envs > 1`` and ``DummyVecEnv`` otherwise
+        ``n_envs > 1`` and ``DummyVecEnv`` otherwise; ``"subproc"`` and SB3's ``SubprocVecEnv`` give a
+        :class:`~sb3_parallel_dqn.vec_env.ParallelSubprocVecEnv`, whose errors name the env worker that died
     :param vec_env_kwargs: keyword arguments for the ``VecEnv`` class, e.g. ``{"start_method": "spawn"}``
     The other parameters are those of ``stable_baselines3.common.env_util.make_vec_env``.
     """

@@ -493,6 +493,31 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
 KNOWN_KEYS: frozenset[str] = frozenset(_CONVERTERS)
 
 
+# The ParallelDQN constructor arguments that check_model_kwargs checks, with the same rules as a config file.
+_MODEL_ARGUMENTS = (
+    "learning_rate", "buffer_size", "learning_starts", "batch_size", "tau", "gamma", "train_freq", "gradient_steps",
+    "target_update_interval", "exploration_fraction", "exploration_initial_eps", "exploration_final_eps",
+    "max_grad_norm", "n_steps", "stats_window_size", "sync_check_interval", "n_envs",
+)  # fmt: skip
+
+
+def check_model_kwargs(**kwargs: Any) -> None:
+    """
+    Check constructor arguments of ``ParallelDQN`` as a config file's values are checked (types and ranges), so that
+    the Python API refuses ``batch_size=0`` or ``exploration_final_eps=1.5`` with a :class:`ConfigError` naming the
+    argument, rather than failing somewhere inside training. Schedules given as callables are not checked.
+
+    :raises ConfigError: for the first value of the wrong type or out of range
+    """
+    for key, value in kwargs.items():
+        if key not in _MODEL_ARGUMENTS or (key == "learning_rate" and callable(value)):
+            continue
+        try:
+            _CONVERTERS[key](value)
+        except ConfigError as err:
+            raise ConfigError(err.reason, key=key) from None
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")

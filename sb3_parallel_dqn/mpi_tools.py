@@ -36,6 +36,27 @@ def launched_by_mpi() -> bool:
     return any(var in os.environ for var in _LAUNCHER_SIZE_VARS)
 
 
+def launcher_world_size() -> int | None:
+    """
+    The job's size as the MPI launcher announced it in the environment (``PMI_SIZE``, ``OMPI_COMM_WORLD_SIZE``...),
+    without initialising MPI: lets a script check its input before any rank starts MPI. None when unknown.
+    """
+    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
+        value = os.environ.get(var, "")
+        if value.isdigit():
+            return int(value)
+    return None if launched_by_mpi() else 1
+
+
+def launcher_rank() -> int | None:
+    """This process' rank as the MPI launcher announced it (``PMI_RANK``...), without initialising MPI; None if unknown."""
+    for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK"):
+        value = os.environ.get(var, "")
+        if value.isdigit():
+            return int(value)
+    return None if launched_by_mpi() else 0
+
+
 @cache
 def comm() -> MPI.Intracomm | None:
     """

@@ -1,11 +1,14 @@
 import io
+import math
 import os
 import pathlib
+import signal
 from collections import deque
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch as th
+from gymnasium import spaces
 from stable_baselines3 import DQN
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ConvertCallback
@@ -25,10 +28,11 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 from stable_baselines3.dqn.policies import CnnPolicy, DQNPolicy, MlpPolicy, MultiInputPolicy
 from torch.nn import functional as F
 
-from sb3_parallel_dqn import mpi_tools
+from sb3_parallel_dqn import interrupt, mpi_tools
 from sb3_parallel_dqn.callbacks import GlobalProgressBarCallback
 from sb3_parallel_dqn.checkpoints import atomic_path, rank_path
 from sb3_parallel_dqn.env_util import make_parallel_vec_env
+from sb3_parallel_dqn.hyperparams import check_model_kwargs
 from sb3_parallel_dqn.mpi_pytorch import GradientAverager, broadcast_module_, broadcast_optimizer_, check_synced
 
 SelfParallelDQN = TypeVar("SelfParallelDQN", bound="ParallelDQN")
@@ -36,6 +40,14 @@ SelfParallelDQN = TypeVar("SelfParallelDQN", bound="ParallelDQN")
 
 class LockstepError(ValueError):
     """A setting differs across MPI ranks (or cannot be kept in lockstep), which would deadlock the job."""
+
+
+class NonFiniteError(FloatingPointError):
+    """The loss or the (averaged) gradients of a gradient update are NaN or infinite."""
+
+
+class UnsupportedSpaceError(ValueError):
+    """The env's action space is not one DQN can act in (``Discrete``)."""
 
 
 class ParallelDQN(DQN):
@@ -158,12 +170,34 @@ class ParallelDQN(DQN):
         torch_num_threads: int | None = None,
         _init_setup_model: bool = True,
     ) -> None:
+        check_model_kwargs(
+            learning_rate=learning_rate,
+            buffer_size=buffer_size,
+            learning_starts=learning_starts,
+            batch_size=batch_size,
+            tau=tau,
+            gamma=gamma,
+            train_freq=train_freq,
+            gradient_steps=gradient_steps,
+            target_update_interval=target_update_interval,
+            exploration_fraction=exploration_fraction,
+            exploration_initial_eps=exploration_initial_eps,
+            exploration_final_eps=exploration_final_eps,
+            max_grad_norm=max_grad_norm,
+            n_steps=n_steps,
+            stats_window_size=stats_window_size,
+            sync_check_interval=sync_check_interval,
+            n_envs=n_envs,
+        )
         # Process-local runtime state, never saved (see _excluded_save_params). Set first: the base class'
         # __init__ and a later load() rely on it.
         self._world_size = mpi_tools.world_size()
         self._rank = mpi_tools.rank()
         self._grad_averager: GradientAverager | None = None
         self._global_episode_means: dict[str, float] | None = None
+        # Set when a stop was requested by a signal (see sb3_parallel_dqn.interrupt) on any rank: training ends
+        # after the gradient steps of the current rollout.
+        self.stopped_by_signal: signal.Signals | None = None
         # Saved with the model: envs stepped per _on_step call over the whole job (n_envs * world_size) when it
         # last trained, so that a run resumed with another layout keeps its target-update phase (_setup_learn).
         self._global_envs: int | None = None
@@ -212,6 +246,17 @@ class ParallelDQN(DQN):
             self._setup_model()
             # Every rank starts from rank 0's weights (q_net and q_net_target), whatever its torch seed.
             broadcast_module_(self.policy)
+
+    @staticmethod
+    def _wrap_env(env: GymEnv, verbose: int = 0, monitor_wrapper: bool = True) -> VecEnv:
+        env = DQN._wrap_env(env, verbose, monitor_wrapper)
+        # SB3 asserts this later; a specific exception (and message) lets scripts tell bad input from a bug.
+        if not isinstance(env.action_space, spaces.Discrete):
+            raise UnsupportedSpaceError(
+                f"DQN chooses among discrete actions, but this env's action space is {env.action_space}: use an env "
+                "with a Discrete action space (or an algorithm for continuous actions, such as SAC or TD3)"
+            )
+        return env
 
     def _setup_model(self) -> None:
         super()._setup_model()
@@ -264,15 +309,21 @@ class ParallelDQN(DQN):
         learning_starts: int = 0,
         log_interval: int | None = None,
     ) -> RolloutReturn:
+        if self.stopped_by_signal is not None:
+            # Every rank agreed at the end of the previous rollout, whose gradient steps are now done: stop here,
+            # on a rollout boundary, where a checkpoint resumes exactly.
+            return RolloutReturn(0, 0, continue_training=False)
         rollout = super().collect_rollouts(
             env, callback, train_freq, replay_buffer, action_noise, learning_starts, log_interval
         )
+        local_signal = interrupt.requested()
         if self._world_size == 1:
+            self.stopped_by_signal = local_signal
             return rollout
         # One small Allreduce per rollout keeps the ranks in lockstep: if a callback stopped training on any rank,
-        # all stop here (before train(), whose collectives would otherwise deadlock). It also carries each rank's
-        # step count, which only differs when a rank stopped early, and the episode statistics that rank 0 logs
-        # for the whole job.
+        # all stop here (before train(), whose collectives would otherwise deadlock); a signal received by any rank
+        # stops all after this rollout's train(). It also carries each rank's step count, which only differs when a
+        # rank stopped early, and the episode statistics that rank 0 logs for the whole job.
         assert self.ep_info_buffer is not None and self.ep_success_buffer is not None
         stats = np.array(
             [
@@ -283,10 +334,14 @@ class ParallelDQN(DQN):
                 len(self.ep_info_buffer),
                 sum(self.ep_success_buffer),
                 len(self.ep_success_buffer),
+                float(local_signal == signal.SIGTERM),
+                float(local_signal == signal.SIGINT),
             ],
             dtype=np.float64,
         )
-        n_stopped, n_steps, sum_r, sum_l, n_episodes, sum_success, n_success = mpi_tools.allreduce_sum_(stats)
+        n_stopped, n_steps, sum_r, sum_l, n_episodes, sum_success, n_success, n_sigterm, n_sigint = mpi_tools.allreduce_sum_(
+            stats
+        )
         # num_timesteps assumed every rank made as many steps as this one; count what they really made instead.
         self.num_timesteps += int(n_steps) - self._world_size * rollout.episode_timesteps
         self._global_episode_means = {}
@@ -294,6 +349,8 @@ class ParallelDQN(DQN):
             self._global_episode_means.update(r=sum_r / n_episodes, l=sum_l / n_episodes)
         if n_success > 0:
             self._global_episode_means["success"] = sum_success / n_success
+        if n_sigterm > 0 or n_sigint > 0:
+            self.stopped_by_signal = signal.SIGTERM if n_sigterm > 0 else signal.SIGINT
         if n_stopped > 0:
             return rollout._replace(continue_training=False)
         return rollout
@@ -357,7 +414,16 @@ class ParallelDQN(DQN):
                 # so that every rank clips and steps identically
                 losses.append(self._grad_averager.average_(loss))
             # Clip gradient norm
-            th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+            grad_norm = th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+            # A NaN or inf would spread to every weight at the optimizer step (and, under MPI, to every rank through
+            # the average): stop before it does. The averaged gradients are the same on every rank, so all ranks
+            # raise together. One scalar check per update (a device sync on GPU).
+            if not (math.isfinite(losses[-1]) and th.isfinite(grad_norm)):
+                raise NonFiniteError(
+                    f"non-finite loss or gradients at gradient update {self._n_updates + step + 1} "
+                    f"(global step {self.num_timesteps}): loss {losses[-1]}, gradient norm {float(grad_norm)}; "
+                    "the weights were not updated"
+                )
             self.policy.optimizer.step()
 
             if self._world_size > 1 and self.sync_check_interval > 0:
@@ -403,6 +469,7 @@ class ParallelDQN(DQN):
         tb_log_name: str = "run",
         progress_bar: bool = False,
     ) -> tuple[int, BaseCallback]:
+        self.stopped_by_signal = None
         if self._world_size > 1:
             self._check_lockstep(total_timesteps, reset_num_timesteps)
             # Train from rank 0's weights and optimizer state. Doing it here rather than inside load() and
@@ -505,7 +572,8 @@ class ParallelDQN(DQN):
         return rank_path(path, self._rank, self._world_size)
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_world_size", "_rank", "_grad_averager", "_global_episode_means"]
+        runtime = ["_world_size", "_rank", "_grad_averager", "_global_episode_means", "stopped_by_signal"]
+        return [*super()._excluded_save_params(), *runtime]
 
 
 def set_torch_threads(torch_num_threads: int | None) -> None:

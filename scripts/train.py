@@ -24,9 +24,11 @@ wrote them (each rank's buffer holds different transitions).
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import uuid
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -35,17 +37,18 @@ import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.evaluation import evaluate_policy
 
-from sb3_parallel_dqn import ParallelDQN, mpi_tools
+from sb3_parallel_dqn import ParallelDQN, mpi_tools, stop_on_signals
 from sb3_parallel_dqn.callbacks import SaveVecNormalizeCallback
 from sb3_parallel_dqn.checkpoints import (
     ParallelCheckpointCallback,
     replay_buffer_path,
     replay_buffer_shards,
+    save_checkpoint,
     vecnormalize_path,
 )
 from sb3_parallel_dqn.hyperparams import DEFAULT_CONF_FILE, ConfigError, load_hyperparams, load_raw_entry, parse_override
 from sb3_parallel_dqn.parallel_dqn import set_torch_threads
-from sb3_parallel_dqn.run_folder import next_run_dir, saved_config_path, write_run_files, yaml_value
+from sb3_parallel_dqn.run_folder import ALGO, next_run_dir, saved_config_path, write_run_files, yaml_value
 from sb3_parallel_dqn.zoo_env import (
     EnvSettings,
     make_callbacks,
@@ -101,8 +104,8 @@ class Setup:
     def __init__(self, args: argparse.Namespace) -> None:
         register_optional_envs()
         gym.spec(args.env)
-        if args.trained_agent and not (args.trained_agent.endswith(".zip") and Path(args.trained_agent).is_file()):
-            raise ConfigError(f"--trained-agent: no such model file (.zip): {args.trained_agent}")
+        if args.trained_agent:
+            check_model_file(args.trained_agent)
         conf_file = Path(args.conf_file) if args.conf_file is not None else DEFAULT_CONF_FILE
         if args.trained_agent and args.conf_file is None:
             # A resumed run keeps its own settings (wrappers, frame stack, n_envs...), saved next to its model.
@@ -126,6 +129,52 @@ class Setup:
         self.n_timesteps = args.n_timesteps if args.n_timesteps > 0 else self.settings.n_timesteps
         if self.n_timesteps is None and not args.trained_agent:
             raise ConfigError(f"no n_timesteps in entry '{self.entry}' of {conf_file}: pass -n")
+        train_freq = self.model_kwargs.get("train_freq")
+        if isinstance(train_freq, tuple) and train_freq[1] == "episode" and (mpi_tools.launcher_world_size() or 1) > 1:
+            raise ConfigError(
+                f"train_freq {list(train_freq)} counts episodes, which MPI ranks finish at different times: give it in "
+                "steps when running on several ranks",
+                file=conf_file,
+                entry=self.entry,
+                key="train_freq",
+            )
+        check_action_space(args.env, self.settings.env_kwargs)
+        probe_log_folder(Path(args.log_folder))
+
+
+def check_model_file(path: str) -> None:
+    """A saved model zip (SB3's layout: ``data`` and ``policy.pth``), not a missing, truncated or foreign file."""
+    if not Path(path).is_file():
+        raise ConfigError(f"--trained-agent: no such model file: {path}")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+    except (zipfile.BadZipFile, OSError) as error:
+        raise ConfigError(f"--trained-agent: {path} is not a readable model zip (truncated or corrupt?): {error}") from None
+    if not {"data", "policy.pth"} <= names:
+        raise ConfigError(f"--trained-agent: {path} is a zip but not a saved SB3/ParallelDQN model (no data/policy.pth)")
+
+
+def check_action_space(env_id: str, env_kwargs: dict[str, Any]) -> None:
+    """DQN needs a Discrete action space: say so now rather than after MPI and the envs have started."""
+    env = gym.make(env_id, **env_kwargs)
+    try:
+        if not isinstance(env.action_space, gym.spaces.Discrete):
+            raise ConfigError(f"{env_id} has the action space {env.action_space}; DQN needs a Discrete one")
+    finally:
+        env.close()
+
+
+def probe_log_folder(log_folder: Path) -> None:
+    """Fail before training, not at the first save, when the log folder cannot be written."""
+    folder = log_folder / ALGO
+    probe = folder / f".write-probe-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"probe")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(f"cannot write to the log folder {folder}: {error.strerror or error}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,24 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         setup = Setup(args)
     except (ConfigError, gym.error.Error) as error:
-        print(f"error: {error}", file=sys.stderr)
+        # Every rank fails alike; one copy of the message is enough (MPI is not started, so ask the launcher).
+        if mpi_tools.launcher_rank() in (0, None):
+            print(f"error: {error}", file=sys.stderr)
         return 2
     settings, world_size = setup.settings, mpi_tools.world_size()
-    shards: list[Path] = []
-    if args.trained_agent:
-        try:
-            shards, shard_world_size = replay_buffer_shards(args.trained_agent)
-        except ValueError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-        if shards and shard_world_size != world_size:
-            print(
-                f"error: the replay buffer next to {args.trained_agent} was saved by {shard_world_size} rank(s), this "
-                f"job has {world_size}: each rank reloads its own shard, so resume with mpirun -np {shard_world_size}, "
-                "or move the replay buffer files away to resume with empty buffers",
-                file=sys.stderr,
-            )
-            return 2
+    try:
+        shards = resumable_shards(args.trained_agent, world_size) if args.trained_agent else []
+    except ConfigError as error:
+        return report(error)
 
     # Rank 0 picks the run folder and tells the others, so that concurrent ranks never race for an id.
     uuid_str = f"_{uuid.uuid4()}" if args.uuid else ""
@@ -168,16 +208,23 @@ def main(argv: list[str] | None = None) -> int:
     vecnormalize_stats = vecnormalize_path(args.trained_agent, args.env) if args.trained_agent else None
     env = make_train_env(args.env, settings, seed=args.seed, monitor_dir=str(run_dir), vecnormalize_path=vecnormalize_stats)
     try:
-        model, remaining = build_model(args, setup, env, shards)
+        try:
+            model, remaining = build_model(args, setup, env, shards)
+        except ConfigError as error:  # every rank loaded the same files, so every rank ends here alike
+            return report(error)
         callbacks = make_run_callbacks(args, settings, run_dir)
         learn_kwargs: dict[str, Any] = {} if args.log_interval < 0 else {"log_interval": args.log_interval}
-        model.learn(
-            remaining,
-            callback=callbacks,
-            progress_bar=args.progress,
-            reset_num_timesteps=not args.trained_agent,
-            **learn_kwargs,
-        )
+        # SIGTERM/SIGINT on any rank: every rank stops after the same rollout, then writes a checkpoint below.
+        with stop_on_signals():
+            model.learn(
+                remaining,
+                callback=callbacks,
+                progress_bar=args.progress,
+                reset_num_timesteps=not args.trained_agent,
+                **learn_kwargs,
+            )
+        if model.stopped_by_signal is not None:
+            return save_interrupted(model, args, run_dir)
         model_path = run_dir / f"{args.env}.zip"
         if args.save_replay_buffer:
             model.save_replay_buffer(replay_buffer_path(model_path))  # every rank, its own shard
@@ -192,6 +239,28 @@ def main(argv: list[str] | None = None) -> int:
         if args.final_eval_episodes > 0:
             final_evaluation(model, args, settings, run_dir)
     return 0
+
+
+def report(error: Exception) -> int:
+    """Print a bad-input error once (rank 0) and give the exit code for it; every rank fails alike."""
+    if mpi_tools.is_root():
+        print(f"error: {error}", file=sys.stderr)
+    return 2
+
+
+def resumable_shards(trained_agent: str, world_size: int) -> list[Path]:
+    """The replay buffer shards saved with ``trained_agent``, if this job can load them (one per rank)."""
+    try:
+        shards, shard_world_size = replay_buffer_shards(trained_agent)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if shards and shard_world_size != world_size:
+        raise ConfigError(
+            f"the replay buffer next to {trained_agent} was saved by {shard_world_size} rank(s), this job has "
+            f"{world_size}: each rank reloads its own shard, so resume with mpirun -np {shard_world_size}, or move the "
+            "replay buffer files away to resume with empty buffers"
+        )
+    return shards
 
 
 def build_model(args: argparse.Namespace, setup: Setup, env: Any, shards: list[Path]) -> tuple[ParallelDQN, int]:
@@ -213,17 +282,28 @@ def build_model(args: argparse.Namespace, setup: Setup, env: Any, shards: list[P
     set_torch_threads(args.torch_threads)
     # As the zoo: the policy (architecture) is the saved one; the other hyperparameters come from the config.
     kwargs = {key: value for key, value in setup.model_kwargs.items() if key != "policy_kwargs"}
-    model = ParallelDQN.load(
-        args.trained_agent,
-        env=env,
-        seed=args.seed,
-        tensorboard_log=args.tensorboard_log,
-        verbose=args.verbose if mpi_tools.is_root() else 0,
-        device=args.device,
-        **kwargs,
-    )
+    try:
+        model = ParallelDQN.load(
+            args.trained_agent,
+            env=env,
+            seed=args.seed,
+            tensorboard_log=args.tensorboard_log,
+            verbose=args.verbose if mpi_tools.is_root() else 0,
+            device=args.device,
+            **kwargs,
+        )
+    except ValueError as error:  # SB3: "Observation spaces do not match", "Action spaces do not match"
+        raise ConfigError(f"--trained-agent {args.trained_agent} does not fit {args.env} as configured: {error}") from None
     if shards:
         model.load_replay_buffer(replay_buffer_path(args.trained_agent))
+        buffer = model.replay_buffer
+        assert buffer is not None
+        if buffer.n_envs != env.num_envs or buffer.obs_shape != model.observation_space.shape:
+            raise ConfigError(
+                f"the replay buffer saved with {args.trained_agent} holds {buffer.n_envs} env(s) per rank with "
+                f"observations {buffer.obs_shape}, this run has {env.num_envs} with {model.observation_space.shape}: "
+                "resume with the original n_envs, or move the replay buffer files away"
+            )
     if args.n_timesteps > 0:
         remaining = args.n_timesteps
     else:
@@ -234,6 +314,20 @@ def build_model(args: argparse.Namespace, setup: Setup, env: Any, shards: list[P
     if mpi_tools.is_root():
         print(f"Resuming from {args.trained_agent} at {model.num_timesteps} global steps, for {remaining} more")
     return model, remaining
+
+
+def save_interrupted(model: ParallelDQN, args: argparse.Namespace, run_dir: Path) -> int:
+    """After a stop by SIGTERM/SIGINT: a checkpoint to resume from (every rank writes its share), and 128 + signal."""
+    stopped_by = model.stopped_by_signal
+    assert stopped_by is not None
+    checkpoint = save_checkpoint(model, run_dir, save_replay_buffer=args.save_replay_buffer)
+    if mpi_tools.is_root():
+        print(
+            f"Interrupted by {stopped_by.name} at {model.num_timesteps} global steps: saved {checkpoint}"
+            f"{' with the replay buffers' if args.save_replay_buffer else ''}; continue with -i {checkpoint}",
+            flush=True,
+        )
+    return 128 + stopped_by.value
 
 
 def make_run_callbacks(args: argparse.Namespace, settings: EnvSettings, run_dir: Path) -> list[BaseCallback]:

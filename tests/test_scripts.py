@@ -215,3 +215,12 @@ def test_normalized_run_keeps_its_statistics(tmp_path):
     # statistics would hold only its own
     assert checkpoint_stats.obs_rms.count > 100
     assert resumed_stats.obs_rms.count - checkpoint_stats.obs_rms.count >= 256
+
+
+def test_resume_with_another_n_envs_and_replay_shards_is_refused(mpi_run, tmp_path):
+    log_folder, _ = mpi_run
+    checkpoint = log_folder / "parallel_dqn" / "CartPole-v1_1" / "rl_model_2048_steps.zip"
+    args = [TRAIN, "--env", "CartPole-v1", "-i", str(checkpoint), "--n-envs", "1", "-f", str(tmp_path)]
+    result = run_mpi(args, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.count("holds 2 env(s) per rank") == 1, result.stderr

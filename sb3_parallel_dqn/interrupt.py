@@ -1,0 +1,69 @@
+"""
+Stop training at a safe point on SIGTERM or SIGINT, instead of dying wherever the signal lands.
+
+A signal that kills a process mid-write leaves a half-written file, and under MPI a rank that dies in the middle
+of a collective leaves the job to the launcher's cleanup. Inside :func:`stop_on_signals`, the first SIGTERM or SIGINT
+only records a request; ``ParallelDQN`` reads it at the end of each rollout, where every rank already exchanges
+one small message, so all ranks agree to stop after the same rollout (once its gradient steps are done, so that a
+checkpoint written then resumes exactly). A second SIGINT raises ``KeyboardInterrupt`` as usual, for an impatient
+user.
+
+Outside :func:`stop_on_signals` nothing changes: ``learn`` keeps SB3's behaviour on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
+
+_requested: signal.Signals | None = None
+
+HANDLED = (signal.SIGTERM, signal.SIGINT)
+
+
+def requested() -> signal.Signals | None:
+    """The signal that asked training to stop, if one arrived inside :func:`stop_on_signals`."""
+    return _requested
+
+
+def request(signum: int = signal.SIGTERM) -> None:
+    """Ask training to stop at the next safe point, as the signal ``signum`` would."""
+    global _requested
+    _requested = signal.Signals(signum)
+
+
+def clear() -> None:
+    """Forget a stop request (a new training run starts)."""
+    global _requested
+    _requested = None
+
+
+def _handler(signum: int, frame: FrameType | None) -> None:
+    if _requested is not None and signum == signal.SIGINT:
+        raise KeyboardInterrupt  # the second Ctrl-C: stop now
+    request(signum)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """
+    Within this block, SIGTERM and SIGINT ask training to stop at the next safe point (see the module docstring);
+    the previous handlers come back afterwards. Only the main thread may install signal handlers; elsewhere this
+    does nothing.
+
+    Exit codes: a script that stops this way should exit with ``128 + signal number`` (143 for SIGTERM, 130 for
+    SIGINT), as a process killed by the signal would, so that job schedulers see that it was interrupted.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    clear()
+    previous = {signum: signal.signal(signum, _handler) for signum in HANDLED}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
