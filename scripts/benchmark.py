@@ -10,14 +10,25 @@ configurations alike. Each run is a fresh process. During training, rank 0 evalu
 configuration (medians over seeds): training seconds, seconds to the first evaluation >= threshold, solve rate,
 env steps/s, gradient updates/s, final mean return over ``--final-episodes`` fresh episodes, and for MPI runs the
 mean sync time per gradient step next to a raw ``MPI.Allreduce`` of the same buffer timed in the same process.
+
+After the timed run, each worker also profiles ``--profile-steps`` gradient steps of the trained model, replaying
+``ParallelDQN.train()``'s steps with a timer around each part (replay sample, forward + loss + backward, gradient
+sync, clip + optimizer step), and records its peak RSS; doing this outside the timed run keeps the library's hot
+path free of instrumentation and the timed numbers unperturbed. Besides ``results.json`` and ``results.md`` the
+driver writes ``returns.png`` (mean eval return vs training seconds) and ``speedup.png`` (ratios vs SB3).
+
+    python scripts/benchmark.py --quick --out bench/quick   # 1 seed, 6k steps: a smoke run of a few minutes
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
+import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -27,20 +38,33 @@ from typing import Any
 import numpy as np
 
 THRESHOLDS = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0, "LunarLander-v3": 200.0, "MountainCar-v0": -110.0}
+# Defaults of the options below that --quick replaces; an option given on the command line wins over both.
+DEFAULTS: dict[str, Any] = {"seeds": [0, 1, 2, 3, 4], "n_timesteps": None, "eval_freq": 2_500, "eval_episodes": 10,
+                            "final_episodes": 20, "profile_steps": 200}  # fmt: skip
+QUICK: dict[str, Any] = {"seeds": [0], "n_timesteps": 6_000, "eval_freq": 2_000, "eval_episodes": 3,
+                         "final_episodes": 5, "profile_steps": 100}  # fmt: skip
+TIME_SPLIT_PARTS = ("sample", "forward_backward", "sync", "optimizer")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="CartPole-v1")
     parser.add_argument("-conf", "--conf-file", default=None, help="zoo-style YAML (default: zoo_configs/dqn.yml)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("-n", "--n-timesteps", type=int, default=None, help="global budget (default: the config's)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 2 3 4 (--quick: 0)")
+    parser.add_argument("-n", "--n-timesteps", type=int, default=None,
+                        help="global budget (default: the config's; --quick: 6000)")  # fmt: skip
     parser.add_argument("--configs", nargs="+", default=["sb3", "pdqn-1", "pdqn-2"],
                         help="sb3, pdqn-<W> (ParallelDQN on W ranks)")  # fmt: skip
-    parser.add_argument("--eval-freq", type=int, default=2_500, help="global steps between evaluations")
-    parser.add_argument("--eval-episodes", type=int, default=10)
-    parser.add_argument("--final-episodes", type=int, default=20)
-    parser.add_argument("--threshold", type=float, default=None)
+    parser.add_argument("--eval-freq", type=int, default=None,
+                        help="global steps between evaluations (default: 2500; --quick: 2000)")  # fmt: skip
+    parser.add_argument("--eval-episodes", type=int, default=None, help="default: 10 (--quick: 3)")
+    parser.add_argument("--final-episodes", type=int, default=None, help="default: 20 (--quick: 5)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help=f"mean eval return that counts as solved (default per env: {THRESHOLDS})")  # fmt: skip
+    parser.add_argument("--profile-steps", type=int, default=None,
+                        help="gradient steps timed part by part after training (default: 200; --quick: 100)")  # fmt: skip
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 1 seed, 6000 global steps, short evaluations (a few minutes on 2 cores)")  # fmt: skip
     parser.add_argument("-params", "--hyperparams", nargs="+", default=[], metavar="KEY:VALUE",
                         help="overrides applied to every configuration")  # fmt: skip
     parser.add_argument("--pdqn-params", nargs="+", default=[], metavar="KEY:VALUE",
@@ -52,12 +76,91 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--result", default=None, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for key, value in (QUICK if args.quick else DEFAULTS).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Worker: one training run in this process (rank 0 of an mpirun job writes the result).
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+def profile_gradient_steps(model: Any, n_steps: int) -> dict[str, float | None]:
+    """
+    Mean microseconds per part of a gradient step, timed on ``n_steps`` steps that replay ``ParallelDQN.train()``
+    (and, without a gradient averager, SB3's ``DQN.train()``) on the trained model.
+
+    Run after the timed training, so that the timers never touch the library or the timed run. Every rank makes
+    exactly ``n_steps`` syncs, so the collectives pair up. ``sync`` is ``None`` on one process (nothing to average).
+    """
+    import torch as th
+    from torch.nn import functional as F
+
+    averager = getattr(model, "_grad_averager", None)
+    model.policy.set_training_mode(True)
+    totals = dict.fromkeys(TIME_SPLIT_PARTS, 0.0)
+    for _ in range(n_steps):
+        start = time.perf_counter()
+        replay_data = model.replay_buffer.sample(model.batch_size, env=model._vec_normalize_env)
+        sampled = time.perf_counter()
+        discounts = replay_data.discounts if replay_data.discounts is not None else model.gamma
+        with th.no_grad():
+            next_q_values, _ = model.q_net_target(replay_data.next_observations).max(dim=1)
+            target_q_values = replay_data.rewards + (1 - replay_data.dones) * discounts * next_q_values.reshape(-1, 1)
+        current_q_values = th.gather(model.q_net(replay_data.observations), dim=1, index=replay_data.actions.long())
+        loss = F.smooth_l1_loss(current_q_values, target_q_values)
+        if averager is None:
+            loss.item()  # train() reads the loss here, which also waits for the forward pass on GPU
+            model.policy.optimizer.zero_grad()
+        else:
+            averager.zero_grad()
+        loss.backward()
+        backward = time.perf_counter()
+        if averager is not None:
+            averager.average_(loss)
+        synced = time.perf_counter()
+        grad_norm = th.nn.utils.clip_grad_norm_(model.policy.parameters(), model.max_grad_norm)
+        th.isfinite(grad_norm).item()  # train()'s finiteness check, a device sync on GPU
+        model.policy.optimizer.step()
+        stepped = time.perf_counter()
+        for part, seconds in zip(
+            TIME_SPLIT_PARTS, (sampled - start, backward - sampled, synced - backward, stepped - synced), strict=True
+        ):
+            totals[part] += seconds
+    split: dict[str, float | None] = {f"{part}_us": 1e6 * totals[part] / n_steps for part in TIME_SPLIT_PARTS}
+    if averager is None:
+        split["sync_us"] = None
+    split["total_us"] = 1e6 * sum(totals.values()) / n_steps
+    split["n_steps"] = n_steps
+    return split
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process, in MiB."""
+    # ru_maxrss is in KiB on Linux (bytes on macOS, where this would read 1024x too high).
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def env_workers_peak_rss_mib(env: Any) -> float | None:
+    """
+    Largest peak RSS (``VmHWM``) of the env worker processes of a subprocess VecEnv, in MiB; ``None`` without any.
+
+    Read from ``/proc`` while the workers live: ``RUSAGE_CHILDREN`` would also count any short-lived fork of this
+    process (e.g. ``ctypes.util.find_library`` running a helper), which starts with the parent's whole footprint.
+    """
+    while hasattr(env, "venv"):  # VecEnvWrapper, e.g. VecNormalize
+        env = env.venv
+    peaks = []
+    for process in getattr(env, "processes", []):
+        try:
+            status = Path(f"/proc/{process.pid}/status").read_text()
+        except OSError:
+            continue
+        peaks += [int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmHWM:")]
+    return max(peaks) if peaks else None
 
 
 def run_worker(args: argparse.Namespace) -> None:
@@ -111,6 +214,7 @@ def run_worker(args: argparse.Namespace) -> None:
     callback = TimedEval()
     model.learn(n_timesteps, callback=callback)
     train_seconds = callback.training_seconds()
+    workers_rss = env_workers_peak_rss_mib(env)
     env.close()
 
     result: dict[str, Any] = {}
@@ -132,6 +236,17 @@ def run_worker(args: argparse.Namespace) -> None:
         result["raw_allreduce_ms"] = 1e3 * (time.perf_counter() - t0) / n_reps
         result["allreduce_floats"] = averager.n_floats
         result["sync_ms"] = model.logger.name_to_value.get("time/mpi_sync_ms")
+    # Rank 0's split; the ranks run in lockstep, so its sync time includes any wait for a slower rank.
+    # The profiling steps change the weights: put the trained ones back for the final evaluation below.
+    trained_weights = copy.deepcopy(model.policy.state_dict())
+    result["time_split"] = profile_gradient_steps(model, args.profile_steps)
+    model.policy.load_state_dict(trained_weights)
+    # Measured after profiling, so that the peak covers training, periodic evaluation and profiling (every rank).
+    rss = mpi_tools.allgather(np.array([peak_rss_mib(), np.nan if workers_rss is None else workers_rss]))
+    result["peak_rss_mib_per_rank"] = rss[:, 0].round(1).tolist()
+    result["peak_rss_mib"] = float(rss[:, 0].max().round(1))
+    # None where no rank steps its envs in subprocesses (n_envs 1 or DummyVecEnv)
+    result["env_workers_peak_rss_mib"] = None if np.isnan(rss[:, 1]).all() else float(np.nanmax(rss[:, 1]).round(1))
     if not root:
         return
     final_env = make_eval_env(args.env, settings, seed=args.seed + 20_000)
@@ -165,6 +280,7 @@ def command_for(config: str, seed: int, args: argparse.Namespace, result: Path) 
     worker = [sys.executable, os.path.abspath(__file__), "--worker", "sb3" if config == "sb3" else "pdqn"]
     worker += ["--env", args.env, "--seed", str(seed), "--result", str(result), "--eval-freq", str(args.eval_freq)]
     worker += ["--eval-episodes", str(args.eval_episodes), "--final-episodes", str(args.final_episodes)]
+    worker += ["--profile-steps", str(args.profile_steps)]
     if args.conf_file:
         worker += ["--conf-file", args.conf_file]
     if args.n_timesteps:
@@ -188,6 +304,10 @@ def summarise(results: dict[str, list[dict[str, Any]]], threshold: float) -> str
         present = [v for v in values if v is not None]
         return f"{np.median(present):.{digits}f}" if present else "-"
 
+    def max_or_dash(values: list[float | None]) -> str:
+        present = [v for v in values if v is not None]
+        return f"{max(present):.0f}" if present else "-"
+
     base = results.get("sb3", [])
     base_train = np.median([r["train_seconds"] for r in base]) if base else None
     lines = [
@@ -206,7 +326,127 @@ def summarise(results: dict[str, list[dict[str, Any]]], threshold: float) -> str
             f"| {np.mean([r['final_mean_return'] for r in runs]):.1f} "
             f"| {median([r.get('sync_ms') for r in runs], 3)} | {median([r.get('raw_allreduce_ms') for r in runs], 3)} |"
         )
+    lines += [
+        "",
+        "Per gradient step, timed part by part on rank 0 after training (mean µs), and peak RSS (max over ranks, MiB):",
+        "",
+        "| config | sample | forward + backward | sync | clip + optimizer | total | peak RSS | env workers' peak RSS |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for config, runs in results.items():
+        split = [r["time_split"] for r in runs]
+        parts = " | ".join(median([s[f"{part}_us"] for s in split], 0) for part in (*TIME_SPLIT_PARTS, "total"))
+        lines.append(
+            f"| {config} | {parts} | {max(r['peak_rss_mib'] for r in runs):.0f} "
+            f"| {max_or_dash([r['env_workers_peak_rss_mib'] for r in runs])} |"
+        )
     return "\n".join(lines)
+
+
+def speedups(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float | None]]:
+    """Per configuration: SB3's median seconds to threshold over its own, and its env steps/s over SB3's."""
+
+    def median_or_none(values: list[float | None]) -> float | None:
+        present = [v for v in values if v is not None]
+        return float(np.median(present)) if present else None
+
+    base = results.get("sb3", [])
+    base_solve = median_or_none([r["seconds_to_threshold"] for r in base])
+    base_speed = median_or_none([r["env_steps_per_s"] for r in base])
+    ratios = {}
+    for config, runs in results.items():
+        solve = median_or_none([r["seconds_to_threshold"] for r in runs])
+        speed = median_or_none([r["env_steps_per_s"] for r in runs])
+        ratios[config] = {
+            # None where a side never reached the threshold: no time to compare
+            "time_to_threshold": base_solve / solve if base_solve and solve else None,
+            "env_steps_per_s": speed / base_speed if speed and base_speed else None,
+        }
+    return ratios
+
+
+def write_plots(results: dict[str, list[dict[str, Any]]], threshold: float, env_id: str, out: Path) -> list[Path]:
+    """``returns.png``: eval return vs training seconds (thin: seeds, thick: median); ``speedup.png``: ratios vs SB3."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display (CI, ssh)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for index, (config, runs) in enumerate(results.items()):
+        color = f"C{index}"
+        curves = [np.array(r["curve"], dtype=np.float64).reshape(-1, 3) for r in runs]
+        for curve in curves:
+            ax.plot(curve[:, 1], curve[:, 2], color=color, alpha=0.3, linewidth=0.8)
+        # Every seed evaluates at the same global steps, so the k-th points line up; the median runs to the shortest.
+        length = min(len(curve) for curve in curves)
+        if length:
+            stacked = np.stack([curve[:length] for curve in curves])
+            ax.plot(*np.median(stacked[:, :, 1:], axis=0).T, color=color, linewidth=2.5, marker="o", label=config)
+    if np.isfinite(threshold):
+        ax.axhline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
+    ax.set(xlabel="training seconds (evaluation excluded)", ylabel="mean eval return", title=env_id)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    returns_png = out / "returns.png"
+    fig.savefig(returns_png, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+    ratios = speedups(results)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    x = np.arange(len(ratios))
+    width = 0.4
+    for offset, key, label in (
+        (-width / 2, "time_to_threshold", "time to threshold"),
+        (width / 2, "env_steps_per_s", "env steps/s"),
+    ):
+        values = [ratios[config][key] for config in ratios]
+        bars = ax.bar(x + offset, [v or 0.0 for v in values], width, label=f"{label} (median, vs sb3)")
+        ax.bar_label(bars, labels=[f"{v:.2f}x" if v else "n/a" for v in values], fontsize=8)
+    ax.axhline(1.0, color="black", linewidth=1)
+    ax.set_xticks(x, list(ratios))
+    ax.set(ylabel="speed-up vs sb3", title=f"{env_id}: speed-up vs SB3 DQN (higher is faster)")
+    ax.legend()
+    speedup_png = out / "speedup.png"
+    fig.savefig(speedup_png, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return [returns_png, speedup_png]
+
+
+def system_info() -> dict[str, Any]:
+    """The machine without its name: architecture, CPU model, core count, memory."""
+    info: dict[str, Any] = {"machine": platform.machine(), "system": platform.system(), "cpu_count": os.cpu_count()}
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        info["cpu_model"] = next(
+            line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        info["cpu_model"] = platform.processor() or None
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+        kib = next(int(line.split()[1]) for line in meminfo.splitlines() if line.startswith("MemTotal:"))
+        info["memory_gib"] = round(kib / 2**20, 1)
+    except (OSError, StopIteration, ValueError):
+        info["memory_gib"] = None
+    return info
+
+
+def library_versions() -> dict[str, str | None]:
+    """Versions of everything the numbers depend on, MPI library included."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for package in ("torch", "stable-baselines3", "gymnasium", "numpy", "mpi4py", "sb3-parallel-dqn"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    # In a child process: importing mpi4py.MPI initialises MPI, which the driver (itself launching mpirun) avoids.
+    probe = "from mpi4py import MPI; print(MPI.Get_library_version().strip().splitlines()[0])"
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    versions["mpi_library"] = proc.stdout.strip() or None
+    return versions
 
 
 def run_driver(args: argparse.Namespace) -> int:
@@ -219,13 +459,14 @@ def run_driver(args: argparse.Namespace) -> int:
         for config in args.configs:
             result_file = out / f"{config}_seed{seed}.json"
             command = command_for(config, seed, args, result_file)
-            commands.append(" ".join(command))
+            commands.append(shlex.join(command))
             print(f"[{time.strftime('%H:%M:%S')}] {config} seed {seed} ...", flush=True)
             proc = subprocess.run(command, timeout=args.timeout, capture_output=True, text=True)
             if proc.returncode != 0:
                 print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
                 return 1
             result = json.loads(result_file.read_text())
+            result["command"] = shlex.join(command)
             results[config].append(result)
             print(
                 f"    train {result['train_seconds']:.1f} s, first >= threshold at {result['seconds_to_threshold']} s, "
@@ -233,13 +474,27 @@ def run_driver(args: argparse.Namespace) -> int:
                 flush=True,
             )
     table = summarise(results, threshold)
-    import stable_baselines3
-    import torch
-
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-    machine += f"torch {torch.__version__}, stable-baselines3 {stable_baselines3.__version__}"
-    (out / "results.json").write_text(json.dumps({"args": vars(args), "machine": machine, "results": results}, indent=1))
-    report = f"# {args.env}\n\n{machine}\n\nCommand: `{' '.join(sys.argv)}`\n\n{table}\n"
+    system, versions = system_info(), library_versions()
+    machine = f"{system['machine']}, {system['cpu_model']}, {system['cpu_count']} cores, {system['memory_gib']} GiB, "
+    machine += ", ".join(f"{name} {value}" for name, value in versions.items() if name != "mpi_library")
+    machine += f", MPI: {versions['mpi_library']}"
+    driver_command = shlex.join([sys.executable, *sys.argv])
+    summary = {
+        "args": vars(args),
+        "machine": machine,
+        "system": system,
+        "versions": versions,
+        "command": driver_command,
+        "commands": commands,
+        "threshold": threshold,
+        "speedups": speedups(results),
+        "results": results,
+    }
+    (out / "results.json").write_text(json.dumps(summary, indent=1))
+    plots = write_plots(results, threshold, args.env, out)
+    report = f"# {args.env}\n\n{machine}\n\nCommand: `{driver_command}`\n\nWorker commands:\n\n"
+    report += "".join(f"- `{command}`\n" for command in commands)
+    report += f"\n{table}\n\n" + " ".join(f"![{plot.stem}]({plot.name})" for plot in plots) + "\n"
     (out / "results.md").write_text(report)
     print(report)
     return 0

@@ -1,0 +1,76 @@
+"""``scripts/benchmark.py --quick``, end to end: every output is written and sane. Never asserts a speed."""
+
+import json
+import math
+
+import pytest
+from conftest import REPO_DIR, check_ok, run_python
+
+BENCHMARK = str(REPO_DIR / "scripts" / "benchmark.py")
+CONFIGS = ["sb3", "pdqn-1", "pdqn-2"]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    # About 40 s on a 2-core machine: three trainings of 6k steps, each in a fresh process (pdqn-2 under mpirun).
+    check_ok(run_python([BENCHMARK, "--quick", "--out", str(out)], timeout=400))
+    return out, json.loads((out / "results.json").read_text())
+
+
+def test_every_configuration_ran_once(quick_run):
+    _, summary = quick_run
+    assert list(summary["results"]) == CONFIGS
+    for config, runs in summary["results"].items():
+        assert len(runs) == 1, config  # --quick: one seed
+        run = runs[0]
+        assert run["world_size"] == (2 if config == "pdqn-2" else 1)
+        assert run["num_timesteps"] >= 6_000 and run["n_updates"] > 0
+        assert run["curve"], "no evaluation recorded"
+        assert run["command"] in summary["commands"]
+    assert summary["threshold"] == 475.0  # CartPole-v1's default
+    assert summary["commands"][-1].split()[1:3] == ["-np", "2"]
+
+
+def test_time_split_and_peak_rss(quick_run):
+    _, summary = quick_run
+    for config, (run,) in summary["results"].items():
+        split = run["time_split"]
+        for part in ("sample_us", "forward_backward_us", "optimizer_us", "total_us"):
+            assert split[part] > 0, (config, part)
+        if config == "pdqn-2":
+            assert split["sync_us"] > 0
+            assert split["total_us"] == pytest.approx(
+                sum(split[f"{p}_us"] for p in ("sample", "forward_backward", "sync", "optimizer"))
+            )
+            assert run["raw_allreduce_ms"] > 0 and run["sync_ms"] > 0
+        else:
+            assert split["sync_us"] is None  # one process: nothing to average
+        assert len(run["peak_rss_mib_per_rank"]) == run["world_size"]
+        assert run["peak_rss_mib"] == max(run["peak_rss_mib_per_rank"]) > 0
+        assert run["env_workers_peak_rss_mib"] is None  # CartPole's entry steps its one env in-process
+
+
+def test_machine_and_versions(quick_run):
+    _, summary = quick_run
+    assert summary["system"]["cpu_count"] >= 1
+    versions = summary["versions"]
+    for package in ("python", "torch", "stable-baselines3", "gymnasium", "numpy", "mpi4py", "mpi_library"):
+        assert versions[package], package
+    assert "--quick" in summary["command"]
+    speedups = summary["speedups"]
+    assert speedups["sb3"]["env_steps_per_s"] == 1.0
+    assert all(math.isfinite(speedups[config]["env_steps_per_s"]) for config in CONFIGS)
+
+
+def test_report_and_plots(quick_run):
+    out, _ = quick_run
+    report = (out / "results.md").read_text()
+    assert report.startswith("# CartPole-v1")
+    for config in CONFIGS:
+        assert f"\n| {config} |" in report
+    assert "| sample | forward + backward | sync |" in report
+    for name in ("returns.png", "speedup.png"):
+        assert (out / name).read_bytes()[:8] == PNG_SIGNATURE, name
+        assert f"]({name})" in report
