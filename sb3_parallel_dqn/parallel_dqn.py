@@ -292,12 +292,36 @@ class ParallelDQN(DQN):
         action_noise: ActionNoise | None = None,
         n_envs: int = 1,
     ) -> tuple[np.ndarray, np.ndarray]:
-        actions = super()._sample_action(learning_starts, action_noise, n_envs)
+        lean = self._sample_greedy_or_random(n_envs)
+        # For a Discrete action space the action and the one stored in the buffer are the same array, as in SB3.
+        actions = super()._sample_action(learning_starts, action_noise, n_envs) if lean is None else (lean, lean)
         # collect_rollouts() adds this rank's n_envs to num_timesteps right after env.step(), which follows this
         # call; the other ranks step as many envs at the same time. Count theirs here, once per step, so that
         # num_timesteps is global when callbacks, schedules and the target update read it.
         self.num_timesteps += (self._world_size - 1) * n_envs
         return actions
+
+    def _sample_greedy_or_random(self, n_envs: int) -> np.ndarray | None:
+        """
+        SB3's epsilon-greedy action choice after ``learning_starts`` (``DQN.predict(deterministic=False)``), without
+        the generic ``policy.predict`` around the Q-network forward: that wrapper (mode switch over every module,
+        observation checks and reshapes) cost about 0.2 ms per env step, several times the CartPole step itself.
+        Same random draws in the same order, same forward, so the same actions as SB3. Returns None where SB3's
+        path is needed: before ``learning_starts`` and for observations other than one array of the space's shape
+        (dicts, un-transposed images).
+        """
+        observation = self._last_obs
+        if (
+            self.num_timesteps < self.learning_starts
+            or not isinstance(observation, np.ndarray)
+            or observation.shape[1:] != self.observation_space.shape
+        ):
+            return None
+        if np.random.rand() < self.exploration_rate:
+            return np.array([self.action_space.sample() for _ in range(n_envs)])
+        with th.no_grad():
+            actions = self.q_net._predict(th.as_tensor(observation, device=self.device), deterministic=True)
+        return actions.cpu().numpy().reshape(-1)
 
     def collect_rollouts(
         self,
@@ -313,6 +337,9 @@ class ParallelDQN(DQN):
             # Every rank agreed at the end of the previous rollout, whose gradient steps are now done: stop here,
             # on a rollout boundary, where a checkpoint resumes exactly.
             return RolloutReturn(0, 0, continue_training=False)
+        # Evaluation mode for action selection (dropout, batch norm), once per rollout rather than once per step as
+        # SB3's predict() does: nothing switches it back before train(), which sets training mode itself.
+        self.policy.set_training_mode(False)
         rollout = super().collect_rollouts(
             env, callback, train_freq, replay_buffer, action_noise, learning_starts, log_interval
         )

@@ -1,5 +1,6 @@
 """With one process, ParallelDQN is SB3's DQN: same seed and settings give the same weights."""
 
+import numpy as np
 import pytest
 import torch as th
 from stable_baselines3 import DQN
@@ -38,3 +39,19 @@ def test_same_weights_as_sb3_dqn(n_envs):
     for index in optimizer_states[0]:
         for key in ("exp_avg", "exp_avg_sq"):
             assert th.equal(optimizer_states[0][index][key], optimizer_states[1][index][key])
+
+
+def test_lean_action_selection_is_used_and_picks_the_greedy_action():
+    """After learning_starts, collection skips SB3's generic predict(); its greedy action is predict()'s."""
+    model = ParallelDQN("MlpPolicy", "CartPole-v1", learning_starts=0, exploration_initial_eps=0.0,
+                        exploration_final_eps=0.0, seed=1, policy_kwargs={"net_arch": [16]})  # fmt: skip
+    model.learn(64)
+    for _ in range(20):
+        observation = model._last_obs
+        fast = model._sample_greedy_or_random(n_envs=1)
+        assert fast is not None
+        expected, _ = model.predict(observation, deterministic=True)
+        assert np.array_equal(fast, expected) and fast.dtype == expected.dtype
+        model._last_obs, *_ = model.env.step(fast)
+    model.num_timesteps, model.learning_starts = 0, 10  # before learning_starts: SB3's own path (random actions)
+    assert model._sample_greedy_or_random(n_envs=1) is None
