@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 import traceback
 from collections.abc import Iterator
 from functools import cache
@@ -164,6 +165,10 @@ def launcher_env_removed() -> Iterator[None]:
 _abort_hook_installed = False
 
 
+# Seconds between printing a failing rank's traceback and aborting the job (see abort_on_uncaught_exception).
+_ABORT_GRACE_S = 0.5
+
+
 def abort_on_uncaught_exception() -> None:
     """
     Make an uncaught exception on any rank abort the whole MPI job (as ``python -m mpi4py`` does).
@@ -184,6 +189,9 @@ def abort_on_uncaught_exception() -> None:
             traceback.print_exception(exc_type, exc, tb)
         sys.stderr.flush()
         sys.stdout.flush()
+        # MPI_Abort makes the launcher kill every process at once, its output forwarders included: give them a moment
+        # to pass on what this rank just wrote (the traceback, and the last lines of stdout), or it can be lost.
+        time.sleep(_ABORT_GRACE_S)
         world = comm()
         if world is not None:
             world.Abort(1)

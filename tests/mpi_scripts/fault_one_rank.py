@@ -24,7 +24,13 @@ FAULT_STEP = 1200  # env steps of rank 1 (2 ranks: ~2400 global steps, after 9 c
 
 
 def announce() -> None:
-    print(f"FAULT {time.time()}", flush=True)
+    # Also in a file: output written just before MPI_Abort may not make it through the launcher.
+    stamp = f"FAULT {time.time()}"
+    with open(os.path.join(sys.argv[2], "fault_time.txt"), "w") as file:
+        file.write(stamp)
+        file.flush()
+        os.fsync(file.fileno())
+    print(stamp, flush=True)
 
 
 class FaultyEnv(gym.Wrapper):
