@@ -18,6 +18,7 @@ import numpy as np
 import torch as th
 
 from sb3_parallel_dqn import mpi_tools
+from sb3_parallel_dqn.flat_update import attach_flat_grads
 
 
 class WeightsDivergedError(RuntimeError):
@@ -78,7 +79,8 @@ def broadcast_optimizer_(optimizer: th.optim.Optimizer, root: int = 0) -> None:
 
 def _to_cpu(obj: Any) -> Any:
     if isinstance(obj, th.Tensor):
-        return obj.detach().cpu()
+        # A copy: Adam's state may be views of one flat buffer (flat_update.py), and pickling a view sends all of it.
+        return obj.detach().to("cpu", copy=True)
     if isinstance(obj, dict):
         return {key: _to_cpu(value) for key, value in obj.items()}
     if isinstance(obj, list | tuple):
@@ -131,14 +133,8 @@ class GradientAverager:
         if dtypes != {th.float32}:
             raise TypeError(f"Gradient averaging supports float32 parameters only, got {sorted(map(str, dtypes))}")
         self.world_size = mpi_tools.world_size()
-        n_params = sum(p.numel() for p in self.parameters)
         device = self.parameters[0].device
-        self.buffer = th.zeros(n_params + 1, dtype=th.float32, device=device)
-        self._views: list[th.Tensor] = []
-        offset = 0
-        for param in self.parameters:
-            self._views.append(self.buffer[offset : offset + param.numel()].view_as(param))
-            offset += param.numel()
+        self.buffer, self._views = attach_flat_grads(self.parameters, extra=1)
         self._loss_slot = self.buffer[-1:]
         # What MPI reduces: the buffer itself on CPU or with CUDA-aware MPI, else a pinned host copy of it.
         self._host: th.Tensor | None = None
@@ -152,9 +148,6 @@ class GradientAverager:
             self._mpi_array = self._host.numpy()
         self.sync_seconds = 0.0
         self.n_syncs = 0
-        self.buffer.zero_()
-        for param, view in zip(self.parameters, self._views, strict=True):
-            param.grad = view
 
     @property
     def n_floats(self) -> int:

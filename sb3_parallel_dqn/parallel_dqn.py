@@ -18,6 +18,7 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import (
     GymEnv,
     MaybeCallback,
+    ReplayBufferSamples,
     RolloutReturn,
     Schedule,
     TrainFreq,
@@ -32,8 +33,11 @@ from sb3_parallel_dqn import interrupt, mpi_tools
 from sb3_parallel_dqn.callbacks import GlobalProgressBarCallback
 from sb3_parallel_dqn.checkpoints import atomic_path, rank_path
 from sb3_parallel_dqn.env_util import make_parallel_vec_env
+from sb3_parallel_dqn.flat_update import FlatUpdate
 from sb3_parallel_dqn.hyperparams import check_model_kwargs
 from sb3_parallel_dqn.mpi_pytorch import GradientAverager, broadcast_module_, broadcast_optimizer_, check_synced
+from sb3_parallel_dqn.q_forward import QForward, q_forward
+from sb3_parallel_dqn.replay_sampling import sample_batches
 
 SelfParallelDQN = TypeVar("SelfParallelDQN", bound="ParallelDQN")
 
@@ -194,6 +198,11 @@ class ParallelDQN(DQN):
         self._world_size = mpi_tools.world_size()
         self._rank = mpi_tools.rank()
         self._grad_averager: GradientAverager | None = None
+        self._flat_update: FlatUpdate | None = None
+        # Q-network forwards for acting and for the TD loss, refreshed before each rollout and each train() call.
+        self._acting_q_values: QForward = lambda obs: self.q_net(obs)
+        self._online_q_values: QForward = lambda obs: self.q_net(obs)
+        self._target_q_values: QForward = lambda obs: self.q_net_target(obs)
         self._global_episode_means: dict[str, float] | None = None
         # Set when a stop was requested by a signal (see sb3_parallel_dqn.interrupt) on any rank: training ends
         # after the gradient steps of the current rollout.
@@ -260,8 +269,8 @@ class ParallelDQN(DQN):
 
     def _setup_model(self) -> None:
         super()._setup_model()
-        if self._world_size > 1:
-            self._grad_averager = GradientAverager(self.q_net.parameters())
+        self._flat_update = None
+        self._grad_averager = None
 
     def set_random_seed(self, seed: int | None = None) -> None:
         if seed is None:
@@ -320,8 +329,9 @@ class ParallelDQN(DQN):
         if np.random.rand() < self.exploration_rate:
             return np.array([self.action_space.sample() for _ in range(n_envs)])
         with th.no_grad():
-            actions = self.q_net._predict(th.as_tensor(observation, device=self.device), deterministic=True)
-        return actions.cpu().numpy().reshape(-1)
+            # QNetwork._predict(observation, deterministic=True), with the lean forward of q_forward.py
+            q_values = self._acting_q_values(th.as_tensor(observation, device=self.device))
+        return q_values.argmax(dim=1).reshape(-1).cpu().numpy().reshape(-1)
 
     def collect_rollouts(
         self,
@@ -340,6 +350,7 @@ class ParallelDQN(DQN):
         # Evaluation mode for action selection (dropout, batch norm), once per rollout rather than once per step as
         # SB3's predict() does: nothing switches it back before train(), which sets training mode itself.
         self.policy.set_training_mode(False)
+        self._acting_q_values = q_forward(self.q_net)
         rollout = super().collect_rollouts(
             env, callback, train_freq, replay_buffer, action_noise, learning_starts, log_interval
         )
@@ -403,60 +414,34 @@ class ParallelDQN(DQN):
         # Update learning rate according to schedule
         self._update_learning_rate(self.policy.optimizer)
 
+        # SB3's DQN.train(), step for step and bit for bit, on flat buffers (see flat_update.py) and with the batches
+        # of all steps drawn up front (see replay_sampling.py), plus the gradient average over ranks.
+        update = self._prepare_gradient_steps()
+        batches = sample_batches(self.replay_buffer, gradient_steps, batch_size, self._vec_normalize_env)  # type: ignore[arg-type]
         losses = []
-        for step in range(gradient_steps):
-            # Sample replay buffer
-            replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
-            # For n-step replay, discount factor is gamma**n_steps (when no early termination)
-            discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
+        try:
+            for step, replay_data in enumerate(batches):
+                loss = self._td_loss(replay_data)
+                losses.append(self._backward(update, loss))
+                # Clip gradient norm
+                grad_norm = update.clip_grad_norm_(self.max_grad_norm)
+                # A NaN or inf would spread to every weight at the optimizer step (and, under MPI, to every rank
+                # through the average): stop before it does. The averaged gradients are the same on every rank, so
+                # all ranks raise together. One scalar check per update (a device sync on GPU).
+                if not (math.isfinite(losses[-1]) and th.isfinite(grad_norm)):
+                    raise NonFiniteError(
+                        f"non-finite loss or gradients at gradient update {self._n_updates + step + 1} "
+                        f"(global step {self.num_timesteps}): loss {losses[-1]}, gradient norm {float(grad_norm)}; "
+                        "the weights were not updated"
+                    )
+                update.step()
 
-            with th.no_grad():
-                # Compute the next Q-values using the target network
-                next_q_values = self.q_net_target(replay_data.next_observations)
-                # Follow greedy policy: use the one with the highest value
-                next_q_values, _ = next_q_values.max(dim=1)
-                # Avoid potential broadcast issue
-                next_q_values = next_q_values.reshape(-1, 1)
-                # 1-step TD target
-                target_q_values = replay_data.rewards + (1 - replay_data.dones) * discounts * next_q_values
-
-            # Get current Q-values estimates
-            current_q_values = self.q_net(replay_data.observations)
-
-            # Retrieve the q-values for the actions from the replay buffer
-            current_q_values = th.gather(current_q_values, dim=1, index=replay_data.actions.long())
-
-            # Compute Huber loss (less sensitive to outliers)
-            loss = F.smooth_l1_loss(current_q_values, target_q_values)
-
-            # Optimize the policy
-            if self._grad_averager is None:
-                losses.append(loss.item())
-                self.policy.optimizer.zero_grad()
-                loss.backward()
-            else:
-                self._grad_averager.zero_grad()
-                loss.backward()
-                # Average the gradients (and the loss, for logging) over ranks BEFORE clipping,
-                # so that every rank clips and steps identically
-                losses.append(self._grad_averager.average_(loss))
-            # Clip gradient norm
-            grad_norm = th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
-            # A NaN or inf would spread to every weight at the optimizer step (and, under MPI, to every rank through
-            # the average): stop before it does. The averaged gradients are the same on every rank, so all ranks
-            # raise together. One scalar check per update (a device sync on GPU).
-            if not (math.isfinite(losses[-1]) and th.isfinite(grad_norm)):
-                raise NonFiniteError(
-                    f"non-finite loss or gradients at gradient update {self._n_updates + step + 1} "
-                    f"(global step {self.num_timesteps}): loss {losses[-1]}, gradient norm {float(grad_norm)}; "
-                    "the weights were not updated"
-                )
-            self.policy.optimizer.step()
-
-            if self._world_size > 1 and self.sync_check_interval > 0:
-                n_updates = self._n_updates + step + 1
-                if n_updates % self.sync_check_interval == 0:
-                    check_synced(self.policy, n_updates)
+                if self._world_size > 1 and self.sync_check_interval > 0:
+                    n_updates = self._n_updates + step + 1
+                    if n_updates % self.sync_check_interval == 0:
+                        check_synced(self.policy, n_updates)
+        finally:
+            update.detach_steps()
 
         # Increase update counter
         self._n_updates += gradient_steps
@@ -465,6 +450,67 @@ class ParallelDQN(DQN):
         self.logger.record("train/loss", np.mean(losses))
         if self._grad_averager is not None:
             self.logger.record("time/mpi_sync_ms", self._grad_averager.pop_mean_sync_ms())
+
+    def _td_loss(self, replay_data: ReplayBufferSamples) -> th.Tensor:
+        """SB3's DQN loss: Huber loss between Q(s, a) and the 1-step (or n-step) TD target of the target network."""
+        # For n-step replay, discount factor is gamma**n_steps (when no early termination)
+        discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
+
+        with th.no_grad():
+            # Compute the next Q-values using the target network
+            next_q_values = self._target_q_values(replay_data.next_observations)
+            # Follow greedy policy: use the one with the highest value
+            next_q_values, _ = next_q_values.max(dim=1)
+            # Avoid potential broadcast issue
+            next_q_values = next_q_values.reshape(-1, 1)
+            # 1-step TD target
+            target_q_values = replay_data.rewards + (1 - replay_data.dones) * discounts * next_q_values
+
+        # Get current Q-values estimates
+        current_q_values = self._online_q_values(replay_data.observations)
+
+        # Retrieve the q-values for the actions from the replay buffer
+        current_q_values = th.gather(current_q_values, dim=1, index=replay_data.actions.long())
+
+        # Compute Huber loss (less sensitive to outliers)
+        return F.smooth_l1_loss(current_q_values, target_q_values)
+
+    def _backward(self, update: FlatUpdate, loss: th.Tensor) -> float:
+        """Gradients of ``loss``, averaged over ranks (before clipping, so that every rank clips and steps alike)."""
+        if self._grad_averager is None:
+            loss_value = loss.item()
+            update.zero_grad()
+            loss.backward()
+            return loss_value
+        update.zero_grad()
+        loss.backward()
+        # The loss travels in the same Allreduce, for logging the mean over ranks.
+        return self._grad_averager.average_(loss)
+
+    def _prepare_gradient_steps(self) -> FlatUpdate:
+        """
+        Before a series of gradient steps: the flat-buffer update of the online network (rebuilt when ``load`` or
+        ``set_parameters`` replaced the network or optimizer) and the lean Q-network forwards (see q_forward.py).
+        """
+        self._online_q_values = q_forward(self.q_net)
+        self._target_q_values = q_forward(self.q_net_target)
+        parameters = [p for p in self.q_net.parameters() if p.requires_grad]
+        update = self._flat_update
+        if (
+            update is None
+            or update.optimizer is not self.policy.optimizer
+            or update.grad_buffer.device != parameters[0].device  # the policy was moved to another device
+            or len(update.parameters) != len(parameters)
+            or any(a is not b for a, b in zip(update.parameters, parameters, strict=True))
+        ):
+            grad_buffer = None
+            if self._world_size > 1:
+                self._grad_averager = GradientAverager(parameters)
+                grad_buffer = self._grad_averager.buffer
+            update = self._flat_update = FlatUpdate(parameters, self.policy.optimizer, grad_buffer)
+        else:
+            update.attach()
+        return update
 
     def learn(
         self: SelfParallelDQN,
@@ -599,7 +645,8 @@ class ParallelDQN(DQN):
         return rank_path(path, self._rank, self._world_size)
 
     def _excluded_save_params(self) -> list[str]:
-        runtime = ["_world_size", "_rank", "_grad_averager", "_global_episode_means", "stopped_by_signal"]
+        runtime = ["_world_size", "_rank", "_grad_averager", "_flat_update", "_global_episode_means", "stopped_by_signal"]
+        runtime += ["_acting_q_values", "_online_q_values", "_target_q_values"]
         return [*super()._excluded_save_params(), *runtime]
 
 

@@ -23,6 +23,7 @@ driver writes ``returns.png`` (mean eval return vs training seconds) and ``speed
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -32,6 +33,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="CartPole-v1")
     parser.add_argument("-conf", "--conf-file", default=None, help="zoo-style YAML (default: zoo_configs/dqn.yml)")
+    parser.add_argument("--sb3-conf-file", default=None,
+                        help="YAML for SB3 DQN only (default: --conf-file), e.g. rl_zoo3's own dqn.yml")  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 2 3 4 (--quick: 0)")
     parser.add_argument("-n", "--n-timesteps", type=int, default=None,
                         help="global budget (default: the config's; --quick: 6000)")  # fmt: skip
@@ -90,19 +94,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def profile_gradient_steps(model: Any, n_steps: int) -> dict[str, float | None]:
     """
-    Mean microseconds per part of a gradient step, timed on ``n_steps`` steps that replay ``ParallelDQN.train()``
-    (and, without a gradient averager, SB3's ``DQN.train()``) on the trained model.
+    Mean microseconds per part of a gradient step, timed on ``n_steps`` steps of the trained model that replay
+    ``ParallelDQN.train()`` (with its own methods) or SB3's ``DQN.train()``.
 
     Run after the timed training, so that the timers never touch the library or the timed run. Every rank makes
     exactly ``n_steps`` syncs, so the collectives pair up. ``sync`` is ``None`` on one process (nothing to average).
     """
+    if n_steps < 1:
+        return {f"{part}_us": None for part in (*TIME_SPLIT_PARTS, "total")} | {"n_steps": 0}
+    model.policy.set_training_mode(True)
+    parts = _parallel_dqn_step_parts(model, n_steps) if hasattr(model, "_prepare_gradient_steps") else _sb3_step_parts(model)
+    totals = dict.fromkeys(TIME_SPLIT_PARTS, 0.0)
+    with parts as timed_step:
+        for _ in range(n_steps):
+            for part, seconds in zip(TIME_SPLIT_PARTS, timed_step(), strict=True):
+                totals[part] += seconds
+    averager = getattr(model, "_grad_averager", None)
+    split: dict[str, float | None] = {f"{part}_us": 1e6 * totals[part] / n_steps for part in TIME_SPLIT_PARTS}
+    if averager is None:
+        split["sync_us"] = None
+    split["total_us"] = 1e6 * sum(totals.values()) / n_steps
+    split["n_steps"] = n_steps
+    return split
+
+
+@contextlib.contextmanager
+def _sb3_step_parts(model: Any) -> Iterator[Callable[[], tuple[float, float, float, float]]]:
+    """One step of SB3's ``DQN.train()``, timed part by part (sample, forward + backward, sync, clip + step)."""
     import torch as th
     from torch.nn import functional as F
 
-    averager = getattr(model, "_grad_averager", None)
-    model.policy.set_training_mode(True)
-    totals = dict.fromkeys(TIME_SPLIT_PARTS, 0.0)
-    for _ in range(n_steps):
+    def timed_step() -> tuple[float, float, float, float]:
         start = time.perf_counter()
         replay_data = model.replay_buffer.sample(model.batch_size, env=model._vec_normalize_env)
         sampled = time.perf_counter()
@@ -112,30 +134,52 @@ def profile_gradient_steps(model: Any, n_steps: int) -> dict[str, float | None]:
             target_q_values = replay_data.rewards + (1 - replay_data.dones) * discounts * next_q_values.reshape(-1, 1)
         current_q_values = th.gather(model.q_net(replay_data.observations), dim=1, index=replay_data.actions.long())
         loss = F.smooth_l1_loss(current_q_values, target_q_values)
+        loss.item()
+        model.policy.optimizer.zero_grad()
+        loss.backward()
+        backward = time.perf_counter()
+        th.nn.utils.clip_grad_norm_(model.policy.parameters(), model.max_grad_norm)
+        model.policy.optimizer.step()
+        stepped = time.perf_counter()
+        return sampled - start, backward - sampled, 0.0, stepped - backward
+
+    yield timed_step
+
+
+@contextlib.contextmanager
+def _parallel_dqn_step_parts(model: Any, n_steps: int) -> Iterator[Callable[[], tuple[float, float, float, float]]]:
+    """One step of ``ParallelDQN.train()`` (same methods), timed part by part."""
+    import torch as th
+
+    from sb3_parallel_dqn.replay_sampling import sample_batches
+
+    update = model._prepare_gradient_steps()
+    averager = model._grad_averager
+    batches = sample_batches(model.replay_buffer, n_steps, model.batch_size, model._vec_normalize_env)
+
+    def timed_step() -> tuple[float, float, float, float]:
+        start = time.perf_counter()
+        replay_data = next(batches)
+        sampled = time.perf_counter()
+        loss = model._td_loss(replay_data)
         if averager is None:
             loss.item()  # train() reads the loss here, which also waits for the forward pass on GPU
-            model.policy.optimizer.zero_grad()
-        else:
-            averager.zero_grad()
+        update.zero_grad()
         loss.backward()
         backward = time.perf_counter()
         if averager is not None:
             averager.average_(loss)
         synced = time.perf_counter()
-        grad_norm = th.nn.utils.clip_grad_norm_(model.policy.parameters(), model.max_grad_norm)
+        grad_norm = update.clip_grad_norm_(model.max_grad_norm)
         th.isfinite(grad_norm).item()  # train()'s finiteness check, a device sync on GPU
-        model.policy.optimizer.step()
+        update.step()
         stepped = time.perf_counter()
-        for part, seconds in zip(
-            TIME_SPLIT_PARTS, (sampled - start, backward - sampled, synced - backward, stepped - synced), strict=True
-        ):
-            totals[part] += seconds
-    split: dict[str, float | None] = {f"{part}_us": 1e6 * totals[part] / n_steps for part in TIME_SPLIT_PARTS}
-    if averager is None:
-        split["sync_us"] = None
-    split["total_us"] = 1e6 * sum(totals.values()) / n_steps
-    split["n_steps"] = n_steps
-    return split
+        return sampled - start, backward - sampled, synced - backward, stepped - synced
+
+    try:
+        yield timed_step
+    finally:
+        update.detach_steps()
 
 
 def peak_rss_mib() -> float:
@@ -174,7 +218,8 @@ def run_worker(args: argparse.Namespace) -> None:
     from sb3_parallel_dqn.zoo_env import make_eval_env, make_train_env, split_hyperparams
 
     params = args.hyperparams + (args.pdqn_params if args.worker == "pdqn" else args.sb3_params)
-    hyperparams, _ = load_hyperparams(args.env, args.conf_file, dict(parse_override(p) for p in params))
+    conf_file = args.sb3_conf_file if args.worker == "sb3" and args.sb3_conf_file else args.conf_file
+    hyperparams, _ = load_hyperparams(args.env, conf_file, dict(parse_override(p) for p in params))
     model_kwargs, settings = split_hyperparams(hyperparams)
     n_timesteps = args.n_timesteps or settings.n_timesteps
     assert n_timesteps is not None, "no n_timesteps in the config: pass -n"
@@ -283,6 +328,8 @@ def command_for(config: str, seed: int, args: argparse.Namespace, result: Path) 
     worker += ["--profile-steps", str(args.profile_steps)]
     if args.conf_file:
         worker += ["--conf-file", args.conf_file]
+    if args.sb3_conf_file:
+        worker += ["--sb3-conf-file", args.sb3_conf_file]
     if args.n_timesteps:
         worker += ["-n", str(args.n_timesteps)]
     if args.threshold is not None:
@@ -308,36 +355,45 @@ def summarise(results: dict[str, list[dict[str, Any]]], threshold: float) -> str
         present = [v for v in values if v is not None]
         return f"{max(present):.0f}" if present else "-"
 
-    base = results.get("sb3", [])
-    base_train = np.median([r["train_seconds"] for r in base]) if base else None
+    ratios = speedups(results)
+
+    def ratio(value: float | None) -> str:
+        return f"{value:.2f}x" if value else "-"
+
     lines = [
-        f"| config | train s (median) | speed-up vs SB3 | s to eval >= {threshold:g} | solved | stable solve | env steps/s "
-        "| updates/s | final return (mean of seeds) | sync ms | raw Allreduce ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| config | s to eval >= {threshold:g} (median) | speed-up to {threshold:g} vs SB3 | solved | stable solve "
+        f"| global steps to {threshold:g} (median) | train s (median) | env steps/s | steps/s vs SB3 | updates/s "
+        "| final return (mean ± std of seeds) | sync ms | raw Allreduce ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for config, runs in results.items():
-        train = np.median([r["train_seconds"] for r in runs])
         solved = sum(r["seconds_to_threshold"] is not None for r in runs)
         stable = sum(r["seconds_to_stable_threshold"] is not None for r in runs)
+        steps_to_threshold = [next((step for step, _, ret in r["curve"] if ret >= threshold), None) for r in runs]
+        finals = [r["final_mean_return"] for r in runs]
         lines.append(
-            f"| {config} | {train:.1f} | {base_train / train if base_train else float('nan'):.2f}x "
-            f"| {median([r['seconds_to_threshold'] for r in runs])} | {solved}/{len(runs)} | {stable}/{len(runs)} "
-            f"| {np.median([r['env_steps_per_s'] for r in runs]):.0f} | {np.median([r['updates_per_s'] for r in runs]):.0f} "
-            f"| {np.mean([r['final_mean_return'] for r in runs]):.1f} "
+            f"| {config} | {median([r['seconds_to_threshold'] for r in runs])} "
+            f"| {ratio(ratios[config]['time_to_threshold'])} | {solved}/{len(runs)} | {stable}/{len(runs)} "
+            f"| {median(steps_to_threshold, 0)} | {np.median([r['train_seconds'] for r in runs]):.1f} "
+            f"| {np.median([r['env_steps_per_s'] for r in runs]):.0f} | {ratio(ratios[config]['env_steps_per_s'])} "
+            f"| {np.median([r['updates_per_s'] for r in runs]):.0f} | {np.mean(finals):.1f} ± {np.std(finals):.1f} "
             f"| {median([r.get('sync_ms') for r in runs], 3)} | {median([r.get('raw_allreduce_ms') for r in runs], 3)} |"
         )
     lines += [
         "",
         "Per gradient step, timed part by part on rank 0 after training (mean µs), and peak RSS (max over ranks, MiB):",
         "",
-        "| config | sample | forward + backward | sync | clip + optimizer | total | peak RSS | env workers' peak RSS |",
-        "|---|---|---|---|---|---|---|---|",
+        "| config | sample | forward + backward | sync | clip + optimizer | total | sync share | peak RSS "
+        "| env workers' peak RSS |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for config, runs in results.items():
         split = [r["time_split"] for r in runs]
         parts = " | ".join(median([s[f"{part}_us"] for s in split], 0) for part in (*TIME_SPLIT_PARTS, "total"))
+        shares = [s["sync_us"] / s["total_us"] for s in split if s.get("sync_us") is not None and s.get("total_us")]
+        share = f"{100 * np.median(shares):.1f}%" if shares else "-"
         lines.append(
-            f"| {config} | {parts} | {max(r['peak_rss_mib'] for r in runs):.0f} "
+            f"| {config} | {parts} | {share} | {max(r['peak_rss_mib'] for r in runs):.0f} "
             f"| {max_or_dash([r['env_workers_peak_rss_mib'] for r in runs])} |"
         )
     return "\n".join(lines)

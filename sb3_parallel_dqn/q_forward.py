@@ -1,0 +1,76 @@
+"""
+Q-values of SB3's MLP ``QNetwork`` without ``nn.Module`` call dispatch.
+
+``QNetwork.forward`` goes through four module calls before the first layer, then one per layer; each costs a few
+microseconds of Python (hook checks, ``__call__`` plumbing), which adds up to a sizeable share of a gradient step on
+a small network and of an env step in collection. :func:`q_forward` makes the same tensor calls in the same order
+(``preprocess_obs``, ``flatten``, ``F.linear`` and the activation per layer), so the Q-values are bit-identical,
+and falls back to the module itself for anything else: another features extractor or layer type, or hooks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch as th
+from stable_baselines3.common.preprocessing import preprocess_obs
+from stable_baselines3.common.torch_layers import FlattenExtractor
+from stable_baselines3.dqn.policies import QNetwork
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.modules import module as torch_module
+
+QForward = Callable[[th.Tensor], th.Tensor]
+
+# Activation modules whose forward is exactly this function of the input.
+_ACTIVATIONS: dict[type[nn.Module], QForward] = {nn.ReLU: F.relu, nn.Tanh: th.tanh, nn.Sigmoid: th.sigmoid}
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks)
+
+
+def _global_hooks() -> bool:
+    return any(
+        getattr(torch_module, name, None)
+        for name in (
+            "_global_forward_hooks",
+            "_global_forward_pre_hooks",
+            "_global_backward_hooks",
+            "_global_backward_pre_hooks",
+            "_global_forward_hooks_always_called",
+        )
+    )
+
+
+def q_forward(q_net: nn.Module) -> QForward:
+    """A function computing ``q_net(obs)``: the lean path for an MLP ``QNetwork``, else ``q_net`` itself."""
+    if type(q_net) is not QNetwork or type(q_net.features_extractor) is not FlattenExtractor:
+        return q_net
+    layers = q_net.q_net
+    modules = [q_net, q_net.features_extractor, *q_net.features_extractor.children(), layers, *layers]
+    if type(layers) is not nn.Sequential or _global_hooks() or any(_has_hooks(m) for m in modules):
+        return q_net
+    flatten = q_net.features_extractor.flatten
+    if type(flatten) is not nn.Flatten:
+        return q_net
+    steps: list[tuple[nn.Linear | None, QForward | None]] = []
+    for layer in layers:
+        if type(layer) is nn.Linear:
+            steps.append((layer, None))
+        elif type(layer) in _ACTIVATIONS and not getattr(layer, "inplace", False):
+            steps.append((None, _ACTIVATIONS[type(layer)]))
+        else:
+            return q_net
+    observation_space, normalize_images = q_net.observation_space, q_net.normalize_images
+    start_dim, end_dim = flatten.start_dim, flatten.end_dim
+
+    def forward(obs: th.Tensor) -> th.Tensor:
+        x = preprocess_obs(obs, observation_space, normalize_images=normalize_images)
+        assert isinstance(x, th.Tensor)
+        x = x.flatten(start_dim, end_dim)
+        for linear, activation in steps:
+            x = F.linear(x, linear.weight, linear.bias) if linear is not None else activation(x)  # type: ignore[misc]
+        return x
+
+    return forward

@@ -1,0 +1,173 @@
+"""The flat-buffer update and the up-front replay sampling are SB3's update and sampling, bit for bit."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.buffers import ReplayBuffer
+
+from sb3_parallel_dqn.flat_update import FlatUpdate, flat_adam_supported
+from sb3_parallel_dqn.replay_sampling import sample_batches
+
+
+def _net() -> th.nn.Module:
+    th.manual_seed(0)
+    return th.nn.Sequential(th.nn.Linear(4, 64), th.nn.ReLU(), th.nn.Linear(64, 64), th.nn.ReLU(), th.nn.Linear(64, 2))
+
+
+def _loss(net: th.nn.Module, step: int) -> th.Tensor:
+    generator = th.Generator().manual_seed(step)
+    inputs, targets = th.randn(32, 4, generator=generator), th.randn(32, 2, generator=generator)
+    # Large targets now and then, so that clipping is active on some steps and not on others.
+    return ((net(inputs) - targets * (1 + 50 * (step % 3 == 0))) ** 2).mean()
+
+
+def _assert_same_state(reference: tuple[th.nn.Module, th.optim.Optimizer], ours: tuple[th.nn.Module, th.optim.Optimizer]):
+    for (name, a), b in zip(reference[0].state_dict().items(), ours[0].state_dict().values(), strict=True):
+        assert th.equal(a, b), name
+    ref_state, our_state = reference[1].state_dict(), ours[1].state_dict()
+    assert ref_state["param_groups"] == our_state["param_groups"]
+    assert ref_state["state"].keys() == our_state["state"].keys()
+    for index, state in ref_state["state"].items():
+        assert state.keys() == our_state["state"][index].keys()
+        for key, value in state.items():
+            assert th.equal(value, our_state["state"][index][key]), (index, key)
+            assert value.shape == our_state["state"][index][key].shape
+
+
+@pytest.mark.parametrize(
+    ("optimizer_class", "kwargs", "flat_adam"),
+    [
+        (th.optim.Adam, {"lr": 2.3e-3}, True),
+        (th.optim.Adam, {"lr": 1e-3, "eps": 1e-5, "weight_decay": 1e-4}, True),
+        (th.optim.Adam, {"lr": 1e-3, "amsgrad": True}, False),  # not on the flat path: optimizer.step()
+        (th.optim.RMSprop, {"lr": 1e-3}, False),
+    ],
+)
+def test_flat_update_is_clip_grad_norm_and_optimizer_step(optimizer_class, kwargs, flat_adam):
+    reference_net = _net()
+    reference = reference_net, optimizer_class(reference_net.parameters(), **kwargs)
+    net = copy.deepcopy(reference_net)
+    optimizer = optimizer_class(net.parameters(), **kwargs)
+    update = FlatUpdate(list(net.parameters()), optimizer)
+    assert update.flat_adam is flat_adam
+    clipped = []
+    for step in range(60):
+        if step == 30:  # as SB3's learning-rate schedule does between train() calls
+            for group in (*reference[1].param_groups, *optimizer.param_groups):
+                group["lr"] = 0.5 * group["lr"]
+        reference[1].zero_grad()
+        _loss(reference_net, step).backward()
+        expected_norm = th.nn.utils.clip_grad_norm_(reference_net.parameters(), 10)
+        reference[1].step()
+
+        update.zero_grad()
+        _loss(net, step).backward()
+        norm = update.clip_grad_norm_(10)
+        update.step()
+        assert th.equal(norm, expected_norm)
+        clipped.append(float(norm) > 10)
+        if step % 20 == 19:
+            update.detach_steps()
+            _assert_same_state(reference, (net, optimizer))
+            update.attach()
+    assert any(clipped) and not all(clipped)  # both branches of the clip were exercised
+
+
+def test_flat_update_keeps_the_optimizer_state_format_and_reattaches_after_load():
+    net = _net()
+    optimizer = th.optim.Adam(net.parameters(), lr=1e-3)
+    update = FlatUpdate(list(net.parameters()), optimizer)
+    for step in range(5):
+        update.zero_grad()
+        _loss(net, step).backward()
+        update.clip_grad_norm_(10)
+        update.step()
+    update.detach_steps()
+    # Parameters and moments are views of the flat buffers...
+    assert net[0].weight.data_ptr() == update.param_buffer.data_ptr()
+    assert optimizer.state[net[0].weight]["exp_avg"].data_ptr() == update.exp_avg_buffer.data_ptr()
+    assert [float(optimizer.state[p]["step"]) for p in net.parameters()] == [5.0] * 6
+    # ...and a state loaded from elsewhere (as load() / set_parameters do) replaces them: attach() copies it back in.
+    other_net = _net()
+    other = th.optim.Adam(other_net.parameters(), lr=1e-3)
+    for step in range(3):
+        other.zero_grad()
+        _loss(other_net, 100 + step).backward()
+        other.step()
+    optimizer.load_state_dict(other.state_dict())
+    net.load_state_dict(other_net.state_dict())
+    net.zero_grad(set_to_none=True)
+    update.attach()
+    assert float(update.step_count) == 3.0
+    assert optimizer.state[net[0].weight]["exp_avg"].data_ptr() == update.exp_avg_buffer.data_ptr()
+    for step in range(4):
+        other.zero_grad()
+        _loss(other_net, 200 + step).backward()
+        th.nn.utils.clip_grad_norm_(other_net.parameters(), 10)
+        other.step()
+        update.zero_grad()
+        _loss(net, 200 + step).backward()
+        update.clip_grad_norm_(10)
+        update.step()
+    update.detach_steps()
+    _assert_same_state((other_net, other), (net, optimizer))
+
+
+def test_flat_adam_needs_one_group_over_exactly_these_parameters():
+    net = _net()
+    parameters = list(net.parameters())
+    assert flat_adam_supported(th.optim.Adam(parameters), parameters)
+    assert not flat_adam_supported(th.optim.Adam(parameters[:2]), parameters)
+    assert not flat_adam_supported(th.optim.Adam([{"params": parameters[:2]}, {"params": parameters[2:]}]), parameters)
+    assert not flat_adam_supported(th.optim.Adam(parameters, foreach=True), parameters)
+    assert not flat_adam_supported(th.optim.AdamW(parameters), parameters)
+
+
+def _filled_buffer(n_envs: int, optimize_memory_usage: bool, full: bool) -> ReplayBuffer:
+    observation_space = spaces.Box(-1, 1, (3,), dtype=np.float32)
+    buffer = ReplayBuffer(
+        50,
+        observation_space,
+        spaces.Discrete(4),
+        n_envs=n_envs,
+        optimize_memory_usage=optimize_memory_usage,
+        handle_timeout_termination=not optimize_memory_usage,  # SB3 refuses both together
+    )
+    rng = np.random.default_rng(0)
+    for _ in range(80 if full else 12):  # SB3 keeps 50 // n_envs transitions per env
+        obs = rng.random((n_envs, 3), dtype=np.float32)
+        buffer.add(
+            obs,
+            obs + 1,
+            rng.integers(0, 4, size=(n_envs, 1)),
+            rng.random(n_envs, dtype=np.float32),
+            rng.random(n_envs) < 0.2,
+            [{"TimeLimit.truncated": bool(flag)} for flag in rng.random(n_envs) < 0.3],
+        )
+    assert buffer.full == full
+    return buffer
+
+
+@pytest.mark.parametrize("n_envs", [1, 3])
+@pytest.mark.parametrize("optimize_memory_usage", [False, True])
+@pytest.mark.parametrize("full", [False, True])
+@pytest.mark.parametrize("max_gather_bytes", [None, 1])
+def test_sample_batches_are_sb3_samples(n_envs, optimize_memory_usage, full, max_gather_bytes, monkeypatch):
+    if max_gather_bytes is not None:  # one gather per step instead of one for all
+        monkeypatch.setattr("sb3_parallel_dqn.replay_sampling.MAX_GATHER_BYTES", max_gather_bytes)
+    buffer = _filled_buffer(n_envs, optimize_memory_usage, full)
+    np.random.seed(7)
+    expected = [buffer.sample(16) for _ in range(5)]
+    expected_next_draw = np.random.randint(1 << 30)
+    np.random.seed(7)
+    batches = list(sample_batches(buffer, 5, 16))
+    assert np.random.randint(1 << 30) == expected_next_draw  # same generator state afterwards
+    assert len(batches) == 5
+    for ours, theirs in zip(batches, expected, strict=True):
+        assert ours.discounts is None and theirs.discounts is None
+        for a, b in zip(ours[:5], theirs[:5], strict=True):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            assert th.equal(a, b)
