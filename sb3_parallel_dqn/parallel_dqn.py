@@ -3,6 +3,7 @@ import math
 import os
 import pathlib
 import signal
+import warnings
 from collections import deque
 from typing import Any, ClassVar, TypeVar
 
@@ -10,7 +11,7 @@ import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3 import DQN
-from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.buffers import NStepReplayBuffer, ReplayBuffer
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ConvertCallback
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.noise import ActionNoise
@@ -268,7 +269,12 @@ class ParallelDQN(DQN):
         return env
 
     def _setup_model(self) -> None:
-        super()._setup_model()
+        with warnings.catch_warnings():
+            if self.replay_buffer_class is NStepReplayBuffer and self.replay_buffer_kwargs.get("n_steps") == self.n_steps:
+                # load() runs this again with the buffer class SB3 itself chose for n_steps > 1, and SB3 then warns
+                # that n_steps is ignored, which is wrong: replay_buffer_kwargs carry it. Spare users that warning.
+                warnings.filterwarnings("ignore", message=r"`n_steps=\d+` is ignored because a custom `replay_buffer_class`")
+            super()._setup_model()
         self._flat_update = None
         self._grad_averager = None
 

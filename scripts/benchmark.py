@@ -51,9 +51,10 @@ TIME_SPLIT_PARTS = ("sample", "forward_backward", "sync", "optimizer")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="CartPole-v1")
-    parser.add_argument("-conf", "--conf-file", default=None, help="zoo-style YAML (default: zoo_configs/dqn.yml)")
+    parser.add_argument("-conf", "--conf-file", default=None,
+                        help="zoo-style YAML (default: zoo_configs/dqn.yml); 'zoo': rl_zoo3's own dqn.yml")  # fmt: skip
     parser.add_argument("--sb3-conf-file", default=None,
-                        help="YAML for SB3 DQN only (default: --conf-file), e.g. rl_zoo3's own dqn.yml")  # fmt: skip
+                        help="YAML for SB3 DQN only (default: --conf-file); 'zoo': rl_zoo3's own dqn.yml")  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 2 3 4 (--quick: 0)")
     parser.add_argument("-n", "--n-timesteps", type=int, default=None,
                         help="global budget (default: the config's; --quick: 6000)")  # fmt: skip
@@ -90,6 +91,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ---------------------------------------------------------------------------------------------------------------------
 # Worker: one training run in this process (rank 0 of an mpirun job writes the result).
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+def resolve_conf_file(conf_file: str | None) -> str | None:
+    """``"zoo"`` names rl-baselines3-zoo's own ``hyperparams/dqn.yml`` (installed with the ``zoo`` extra)."""
+    if conf_file != "zoo":
+        return conf_file
+    try:
+        import rl_zoo3
+    except ImportError:
+        raise SystemExit("--conf-file zoo needs rl_zoo3: pip install 'sb3_parallel_dqn[zoo]'") from None
+    return str(Path(rl_zoo3.__file__).parent / "hyperparams" / "dqn.yml")
 
 
 def profile_gradient_steps(model: Any, n_steps: int) -> dict[str, float | None]:
@@ -218,7 +230,7 @@ def run_worker(args: argparse.Namespace) -> None:
     from sb3_parallel_dqn.zoo_env import make_eval_env, make_train_env, split_hyperparams
 
     params = args.hyperparams + (args.pdqn_params if args.worker == "pdqn" else args.sb3_params)
-    conf_file = args.sb3_conf_file if args.worker == "sb3" and args.sb3_conf_file else args.conf_file
+    conf_file = resolve_conf_file(args.sb3_conf_file if args.worker == "sb3" and args.sb3_conf_file else args.conf_file)
     hyperparams, _ = load_hyperparams(args.env, conf_file, dict(parse_override(p) for p in params))
     model_kwargs, settings = split_hyperparams(hyperparams)
     n_timesteps = args.n_timesteps or settings.n_timesteps

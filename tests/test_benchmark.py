@@ -74,3 +74,20 @@ def test_report_and_plots(quick_run):
     for name in ("returns.png", "speedup.png"):
         assert (out / name).read_bytes()[:8] == PNG_SIGNATURE, name
         assert f"]({name})" in report
+
+
+def test_zoo_conf_file_is_rl_zoo3s_own(tmp_path):
+    """``--sb3-conf-file zoo`` runs SB3 on the zoo's published values (not this package's tuned ones)."""
+    import importlib.util
+
+    from sb3_parallel_dqn.hyperparams import load_hyperparams
+
+    spec = importlib.util.spec_from_file_location("benchmark_script", BENCHMARK)
+    assert spec is not None and spec.loader is not None
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    path = benchmark.resolve_conf_file("zoo")
+    assert (REPO_DIR / "tests" / "data" / "zoo_dqn.yml").read_bytes() == open(path, "rb").read()
+    hyperparams, _ = load_hyperparams("CartPole-v1", path, {})
+    assert hyperparams["learning_rate"] == 2.3e-3 and hyperparams["train_freq"] == 256
+    assert benchmark.resolve_conf_file("mine.yml") == "mine.yml" and benchmark.resolve_conf_file(None) is None

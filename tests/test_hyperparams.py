@@ -541,8 +541,9 @@ def test_repo_config_entries_load(env_id, section):
 
 def test_repo_config_cartpole_values():
     params, _ = load_hyperparams("CartPole-v1", REPO_CONF)
-    assert params["policy_kwargs"] == {"net_arch": [256, 256]}
+    assert params["policy_kwargs"] == {"net_arch": [64, 64]}
     assert params["policy"] == "MlpPolicy"
+    assert params["n_steps"] == 5 and params["train_freq"] == 128 and params["gradient_steps"] == 64
     assert isinstance(params["learning_rate"], float)
 
 

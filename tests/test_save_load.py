@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch as th
 from stable_baselines3 import DQN
+from stable_baselines3.common.buffers import ReplayBuffer
 
 from sb3_parallel_dqn import ParallelDQN
 
@@ -66,3 +67,26 @@ def test_replay_buffer_round_trip(tmp_path, trained):
     fresh.load_replay_buffer(tmp_path / "buffer")
     assert fresh.replay_buffer.pos == model.replay_buffer.pos
     np.testing.assert_array_equal(fresh.replay_buffer.observations, model.replay_buffer.observations)
+
+
+def test_n_step_model_loads_with_its_n_step_buffer_and_no_warning(tmp_path):
+    """SB3 warns "n_steps is ignored" when load() sets up an n-step model again; it is not ignored, so we stay quiet."""
+    import warnings
+
+    from stable_baselines3.common.buffers import NStepReplayBuffer
+
+    model = ParallelDQN("MlpPolicy", "CartPole-v1", n_steps=3, learning_starts=50, buffer_size=500, seed=0,
+                        policy_kwargs={"net_arch": [16]})  # fmt: skip
+    model.learn(200)
+    model.save(tmp_path / "n_step")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = ParallelDQN.load(tmp_path / "n_step", env=model.get_env())
+    assert isinstance(loaded.replay_buffer, NStepReplayBuffer)
+    assert loaded.replay_buffer.n_steps == 3 and loaded.n_steps == 3
+    with pytest.warns(UserWarning, match="n_steps=3` is ignored"):  # a buffer class of the user's own: SB3's warning stays
+        ParallelDQN("MlpPolicy", "CartPole-v1", n_steps=3, replay_buffer_class=_MyBuffer)
+
+
+class _MyBuffer(ReplayBuffer):
+    """A user's replay buffer class."""
