@@ -48,6 +48,20 @@ def attach_flat_grads(parameters: Sequence[th.Tensor], extra: int = 0) -> tuple[
     return buffer, views
 
 
+def reattach_grads(parameters: Sequence[th.Tensor], views: Sequence[th.Tensor]) -> None:
+    """
+    Make each ``.grad`` its view again where something replaced it (``optimizer.zero_grad(set_to_none=True)`` sets
+    ``None``; a user may assign a tensor): a replaced gradient is copied into its view, a missing one is zero.
+    """
+    for param, view in zip(parameters, views, strict=True):
+        if param.grad is None:
+            view.zero_()
+            param.grad = view
+        elif param.grad.data_ptr() != view.data_ptr():
+            view.copy_(param.grad)
+            param.grad = view
+
+
 def flat_adam_supported(optimizer: th.optim.Optimizer, parameters: Sequence[th.Tensor]) -> bool:
     """Whether :class:`FlatUpdate` can replace ``optimizer.step()`` bit for bit."""
     if type(optimizer) is not th.optim.Adam or len(optimizer.param_groups) != 1:
@@ -107,13 +121,7 @@ class FlatUpdate:
 
     def attach(self) -> None:
         """Make gradients, parameters and Adam state views of the flat buffers again where something replaced them."""
-        for param, view in zip(self.parameters, self.grads, strict=True):
-            if param.grad is None:
-                view.zero_()
-                param.grad = view
-            elif param.grad.data_ptr() != view.data_ptr():
-                view.copy_(param.grad)
-                param.grad = view
+        reattach_grads(self.parameters, self.grads)
         if not self.flat_adam:
             return
         for param, view in zip(self.parameters, self._param_views, strict=True):

@@ -18,7 +18,7 @@ import numpy as np
 import torch as th
 
 from sb3_parallel_dqn import mpi_tools
-from sb3_parallel_dqn.flat_update import attach_flat_grads
+from sb3_parallel_dqn.flat_update import attach_flat_grads, reattach_grads
 
 
 class WeightsDivergedError(RuntimeError):
@@ -165,13 +165,7 @@ class GradientAverager:
         Call it after ``loss.backward()`` and before clipping, so every rank clips and steps identically.
         """
         # Someone (e.g. ``optimizer.zero_grad(set_to_none=True)``) may have replaced a gradient tensor: copy it in.
-        for param, view in zip(self.parameters, self._views, strict=True):
-            if param.grad is None:
-                view.zero_()
-                param.grad = view
-            elif param.grad.data_ptr() != view.data_ptr():
-                view.copy_(param.grad)
-                param.grad = view
+        reattach_grads(self.parameters, self._views)
         self._loss_slot.copy_(loss.detach().reshape(1))
         start = time.perf_counter()
         if self._host is not None:
