@@ -477,6 +477,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "gradient_steps": _gradient_steps,
     "target_update_interval": _int_at_least(1),
     "n_steps": _int_at_least(1),
+    "double_q": _of_type(bool),
     "optimize_memory_usage": _of_type(bool),
     "stats_window_size": _int_at_least(1),
     "sync_check_interval": _int_at_least(0),
@@ -497,7 +498,7 @@ KNOWN_KEYS: frozenset[str] = frozenset(_CONVERTERS)
 _MODEL_ARGUMENTS = (
     "learning_rate", "buffer_size", "learning_starts", "batch_size", "tau", "gamma", "train_freq", "gradient_steps",
     "target_update_interval", "exploration_fraction", "exploration_initial_eps", "exploration_final_eps",
-    "max_grad_norm", "n_steps", "stats_window_size", "sync_check_interval", "n_envs",
+    "max_grad_norm", "n_steps", "double_q", "stats_window_size", "sync_check_interval", "n_envs",
 )  # fmt: skip
 
 

@@ -60,6 +60,7 @@ class ParallelDQN(DQN):
     Parallel Deep Q-Network: SB3's DQN with parallel rollouts and MPI data-parallel gradient updates.
 
     Paper: https://arxiv.org/abs/1312.5602, https://www.nature.com/articles/nature14236
+    Double DQN (``double_q=True``): https://arxiv.org/abs/1509.06461
     Data parallelism as in synchronous SGD: https://arxiv.org/abs/1604.00981
     Default hyperparameters are SB3's DQN defaults.
 
@@ -105,6 +106,8 @@ class ParallelDQN(DQN):
         at a cost of more complexity.
         See https://github.com/DLR-RM/stable-baselines3/issues/37#issuecomment-637501195
     :param n_steps: When n_step > 1, uses n-step return (with the NStepReplayBuffer) when updating the Q-value network.
+    :param double_q: Double DQN targets: the online network picks the next action, the target network evaluates it
+        (off by default, which is SB3's DQN)
     :param target_update_interval: update the target network every ``target_update_interval``
         global environment steps.
     :param exploration_fraction: fraction of entire training period over which the exploration rate is reduced
@@ -156,6 +159,7 @@ class ParallelDQN(DQN):
         replay_buffer_kwargs: dict[str, Any] | None = None,
         optimize_memory_usage: bool = False,
         n_steps: int = 1,
+        double_q: bool = False,
         target_update_interval: int = 10000,
         exploration_fraction: float = 0.1,
         exploration_initial_eps: float = 1.0,
@@ -190,6 +194,7 @@ class ParallelDQN(DQN):
             exploration_final_eps=exploration_final_eps,
             max_grad_norm=max_grad_norm,
             n_steps=n_steps,
+            double_q=double_q,
             stats_window_size=stats_window_size,
             sync_check_interval=sync_check_interval,
             n_envs=n_envs,
@@ -251,6 +256,7 @@ class ParallelDQN(DQN):
         )
         self.sync_check_interval = sync_check_interval
         self.torch_num_threads = torch_num_threads
+        self.double_q = double_q
 
         if _init_setup_model:
             self._setup_model()
@@ -465,10 +471,16 @@ class ParallelDQN(DQN):
         with th.no_grad():
             # Compute the next Q-values using the target network
             next_q_values = self._target_q_values(replay_data.next_observations)
-            # Follow greedy policy: use the one with the highest value
-            next_q_values, _ = next_q_values.max(dim=1)
-            # Avoid potential broadcast issue
-            next_q_values = next_q_values.reshape(-1, 1)
+            if self.double_q:
+                # Double DQN: the online network picks the next action, the target network evaluates it, which
+                # removes the max operator's overestimation (van Hasselt et al. 2016)
+                next_actions = self._online_q_values(replay_data.next_observations).argmax(dim=1, keepdim=True)
+                next_q_values = th.gather(next_q_values, dim=1, index=next_actions)
+            else:
+                # Follow greedy policy: use the one with the highest value
+                next_q_values, _ = next_q_values.max(dim=1)
+                # Avoid potential broadcast issue
+                next_q_values = next_q_values.reshape(-1, 1)
             # 1-step TD target
             target_q_values = replay_data.rewards + (1 - replay_data.dones) * discounts * next_q_values
 
