@@ -158,14 +158,17 @@ class GradientAverager:
         """Zero all gradients with one kernel (they are views of the buffer; ``average_`` re-attaches strays)."""
         self.buffer.zero_()
 
-    def average_(self, loss: th.Tensor) -> float:
+    def average_(self, loss: th.Tensor, reattach: bool = True) -> float:
         """
         Replace every gradient by its mean over ranks, in place; return the loss averaged over ranks.
 
         Call it after ``loss.backward()`` and before clipping, so every rank clips and steps identically.
+        ``reattach=False`` skips checking that every ``.grad`` is still its view of the buffer, for a caller that
+        checked already (``ParallelDQN.train`` does once per call, not per step).
         """
-        # Someone (e.g. ``optimizer.zero_grad(set_to_none=True)``) may have replaced a gradient tensor: copy it in.
-        reattach_grads(self.parameters, self._views)
+        if reattach:
+            # Someone (e.g. ``optimizer.zero_grad(set_to_none=True)``) may have replaced a gradient tensor: copy it in.
+            reattach_grads(self.parameters, self._views)
         self._loss_slot.copy_(loss.detach().reshape(1))
         start = time.perf_counter()
         if self._host is not None:

@@ -343,7 +343,7 @@ class ParallelDQN(DQN):
         with th.no_grad():
             # QNetwork._predict(observation, deterministic=True), with the lean forward of q_forward.py
             q_values = self._acting_q_values(th.as_tensor(observation, device=self.device))
-        return q_values.argmax(dim=1).reshape(-1).cpu().numpy().reshape(-1)
+        return q_values.argmax(dim=1).cpu().numpy().reshape(-1)
 
     def collect_rollouts(
         self,
@@ -495,15 +495,15 @@ class ParallelDQN(DQN):
 
     def _backward(self, update: FlatUpdate, loss: th.Tensor) -> float:
         """Gradients of ``loss``, averaged over ranks (before clipping, so that every rank clips and steps alike)."""
+        update.zero_grad()
         if self._grad_averager is None:
             loss_value = loss.item()
-            update.zero_grad()
             loss.backward()
             return loss_value
-        update.zero_grad()
         loss.backward()
-        # The loss travels in the same Allreduce, for logging the mean over ranks.
-        return self._grad_averager.average_(loss)
+        # The loss travels in the same Allreduce, for logging the mean over ranks. The gradient views were checked
+        # once for this train() call (FlatUpdate.attach), and nothing in it replaces them: no check per step.
+        return self._grad_averager.average_(loss, reattach=False)
 
     def _prepare_gradient_steps(self) -> FlatUpdate:
         """

@@ -180,7 +180,7 @@ def _parallel_dqn_step_parts(model: Any, n_steps: int) -> Iterator[Callable[[], 
         loss.backward()
         backward = time.perf_counter()
         if averager is not None:
-            averager.average_(loss)
+            averager.average_(loss, reattach=False)  # as train() calls it
         synced = time.perf_counter()
         grad_norm = update.clip_grad_norm_(model.max_grad_norm)
         th.isfinite(grad_norm).item()  # train()'s finiteness check, a device sync on GPU
