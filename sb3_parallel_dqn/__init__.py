@@ -9,6 +9,8 @@ from sb3_parallel_dqn.env_util import make_parallel_vec_env
 from sb3_parallel_dqn.interrupt import stop_on_signals
 from sb3_parallel_dqn.mpi_pytorch import WeightsDivergedError
 from sb3_parallel_dqn.parallel_dqn import LockstepError, NonFiniteError, ParallelDQN, UnsupportedSpaceError
+from sb3_parallel_dqn.policies import CnnPolicy, DuelingQNetwork, MlpPolicy, MultiInputPolicy
+from sb3_parallel_dqn.prioritized_replay import PrioritizedReplayBuffer
 from sb3_parallel_dqn.safe_load import ModelFileError, UnsafeModelFileError, load_weights_only
 from sb3_parallel_dqn.vec_env import EnvWorkerError, ParallelSubprocVecEnv
 
@@ -18,12 +20,17 @@ with open(version_file) as file_handler:
     __version__ = file_handler.read().strip()
 
 __all__ = [
+    "CnnPolicy",
+    "DuelingQNetwork",
     "EnvWorkerError",
     "LockstepError",
+    "MlpPolicy",
     "ModelFileError",
+    "MultiInputPolicy",
     "NonFiniteError",
     "ParallelDQN",
     "ParallelSubprocVecEnv",
+    "PrioritizedReplayBuffer",
     "UnsafeModelFileError",
     "UnsupportedSpaceError",
     "WeightsDivergedError",

@@ -36,6 +36,8 @@ from stable_baselines3.common.torch_layers import CombinedExtractor, FlattenExtr
 from stable_baselines3.common.utils import LinearSchedule
 from stable_baselines3.common.vec_env import VecNormalize
 
+from sb3_parallel_dqn.prioritized_replay import PrioritizedReplayBuffer
+
 # Shipped inside the package, so that a non-editable install has it too; the repository's zoo_configs/dqn.yml is a
 # link to this file.
 DEFAULT_CONF_FILE = Path(__file__).resolve().parent / "zoo_configs" / "dqn.yml"
@@ -74,8 +76,8 @@ class ConfigError(ValueError):
 
 def _allowed_names() -> dict[str, object]:
     """
-    Build the allow-list: activation classes, optimizers, SB3 replay buffers and SB3 feature extractors, under their
-    usual spellings.
+    Build the allow-list: activation classes, optimizers, SB3 replay buffers (and ours) and SB3 feature extractors,
+    under their usual spellings.
     """
     activations = "ReLU ReLU6 Tanh ELU SELU LeakyReLU SiLU GELU Mish Sigmoid Softplus Identity".split()
     optimizers = "Adam AdamW RMSprop SGD".split()
@@ -87,6 +89,8 @@ def _allowed_names() -> dict[str, object]:
     for buffer_class in (ReplayBuffer, DictReplayBuffer, NStepReplayBuffer):
         names[buffer_class.__name__] = buffer_class
         names[f"stable_baselines3.common.buffers.{buffer_class.__name__}"] = buffer_class
+    for spelling in ("", "sb3_parallel_dqn.", "sb3_parallel_dqn.prioritized_replay."):
+        names[f"{spelling}PrioritizedReplayBuffer"] = PrioritizedReplayBuffer
     # ``policy_kwargs: "dict(features_extractor_class=NatureCNN)"``.
     for extractor_class in (NatureCNN, FlattenExtractor, CombinedExtractor):
         names[extractor_class.__name__] = extractor_class
@@ -569,13 +573,13 @@ def load_hyperparams(
     The entry is ``env_id``'s own, else ``atari`` when :func:`is_atari` says so and the file has one, else
     ``default``. ``overrides`` (already-parsed values, e.g. from :func:`parse_override`) replace the entry's values
     before conversion, so they get the same checks. Conversions: integer keys accept integral floats
-    (``!!float 1e5``); ``learning_rate: lin_<x>`` becomes :func:`linear_schedule`; a ``train_freq`` list becomes a
-    tuple; ``*_kwargs`` strings go through :func:`parse_literal`; ``replay_buffer_class`` names an SB3 buffer;
-    ``normalize`` becomes a bool or a dict of ``VecNormalize`` arguments; ``env_wrapper``, ``vec_env_wrapper`` and
-    ``callback`` are checked by :func:`class_entries` but kept as written; ``n_envs`` defaults to 1. Script-level
-    keys (``n_timesteps``, ``n_envs``, ``policy``, ``frame_stack``, ``env_wrapper``, ``normalize``,
-    ``vec_env_wrapper``, ``callback``, ``env_kwargs``, ``vec_env``) stay in the result:
-    :func:`sb3_parallel_dqn.zoo_env.split_hyperparams` takes them out before the model is built.
+    (``!!float 1e5``); ``learning_rate: lin_<x>`` becomes :func:`linear_schedule`; a ``train_freq`` list becomes a tuple;
+    ``*_kwargs`` strings go through :func:`parse_literal`; ``replay_buffer_class`` names an SB3 buffer or
+    ``PrioritizedReplayBuffer``; ``normalize`` becomes a bool or a dict of ``VecNormalize`` arguments;
+    ``env_wrapper``, ``vec_env_wrapper`` and ``callback`` are checked by :func:`class_entries` but kept as written;
+    ``n_envs`` defaults to 1. Script-level keys (``n_timesteps``, ``n_envs``, ``policy``, ``frame_stack``,
+    ``env_wrapper``, ``normalize``, ``vec_env_wrapper``, ``callback``, ``env_kwargs``, ``vec_env``) stay in the
+    result: :func:`sb3_parallel_dqn.zoo_env.split_hyperparams` takes them out before the model is built.
 
     :param env_id: the gymnasium environment id
     :param conf_file: the YAML file; defaults to the package's ``zoo_configs/dqn.yml``

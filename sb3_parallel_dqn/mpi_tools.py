@@ -110,11 +110,20 @@ def local_rank() -> int:
 
 def allreduce_sum_(array: np.ndarray) -> np.ndarray:
     """Sum a contiguous numpy array over all ranks, in place (one ``Allreduce``); returns it."""
+    return _allreduce_(array, "SUM")
+
+
+def allreduce_max_(array: np.ndarray) -> np.ndarray:
+    """Element-wise maximum of a contiguous numpy array over all ranks, in place (one ``Allreduce``); returns it."""
+    return _allreduce_(array, "MAX")
+
+
+def _allreduce_(array: np.ndarray, op: str) -> np.ndarray:
     world = comm()
     if world is not None and world.Get_size() > 1:
         from mpi4py import MPI
 
-        world.Allreduce(MPI.IN_PLACE, array, op=MPI.SUM)
+        world.Allreduce(MPI.IN_PLACE, array, op=getattr(MPI, op))
     return array
 
 

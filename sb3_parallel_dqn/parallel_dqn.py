@@ -27,7 +27,6 @@ from stable_baselines3.common.type_aliases import (
 )
 from stable_baselines3.common.utils import polyak_update
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
-from stable_baselines3.dqn.policies import CnnPolicy, DQNPolicy, MlpPolicy, MultiInputPolicy
 from torch.nn import functional as F
 
 from sb3_parallel_dqn import interrupt, mpi_tools
@@ -37,6 +36,8 @@ from sb3_parallel_dqn.env_util import make_parallel_vec_env
 from sb3_parallel_dqn.flat_update import FlatUpdate
 from sb3_parallel_dqn.hyperparams import check_model_kwargs
 from sb3_parallel_dqn.mpi_pytorch import GradientAverager, broadcast_module_, broadcast_optimizer_, check_synced
+from sb3_parallel_dqn.policies import CnnPolicy, DQNPolicy, MlpPolicy, MultiInputPolicy
+from sb3_parallel_dqn.prioritized_replay import PrioritizedReplayBuffer
 from sb3_parallel_dqn.q_forward import QForward, q_forward
 from sb3_parallel_dqn.replay_sampling import sample_batches
 
@@ -61,6 +62,8 @@ class ParallelDQN(DQN):
 
     Paper: https://arxiv.org/abs/1312.5602, https://www.nature.com/articles/nature14236
     Double DQN (``double_q=True``): https://arxiv.org/abs/1509.06461
+    Dueling head (``policy_kwargs=dict(dueling=True)``): https://arxiv.org/abs/1511.06581
+    Prioritized replay (``replay_buffer_class=PrioritizedReplayBuffer``): https://arxiv.org/abs/1511.05952
     Data parallelism as in synchronous SGD: https://arxiv.org/abs/1604.00981
     Default hyperparameters are SB3's DQN defaults.
 
@@ -100,7 +103,10 @@ class ParallelDQN(DQN):
         Set to ``-1`` means to do as many gradient steps as steps done in the environment
         during the rollout.
     :param replay_buffer_class: Replay buffer class to use (for instance ``HerReplayBuffer``).
-        If ``None``, it will be automatically selected.
+        If ``None``, it will be automatically selected. With :class:`PrioritizedReplayBuffer` the TD loss is
+        weighted by importance weights (normalised by their maximum over all ranks), the priorities are updated
+        after each gradient step, and ``n_steps`` and ``gamma`` are passed to the buffer unless
+        ``replay_buffer_kwargs`` set them.
     :param replay_buffer_kwargs: Keyword arguments to pass to the replay buffer on creation.
     :param optimize_memory_usage: Enable a memory efficient variant of the replay buffer
         at a cost of more complexity.
@@ -275,10 +281,18 @@ class ParallelDQN(DQN):
         return env
 
     def _setup_model(self) -> None:
+        prioritized = self.replay_buffer_class is not None and issubclass(self.replay_buffer_class, PrioritizedReplayBuffer)
+        if prioritized:
+            # Our buffer computes n-step returns itself: hand it the model's settings (SB3 only does so for the
+            # buffer it picks itself).
+            # A new dict: the user's own must not change.
+            self.replay_buffer_kwargs = {"n_steps": self.n_steps, "gamma": self.gamma, **self.replay_buffer_kwargs}
         with warnings.catch_warnings():
-            if self.replay_buffer_class is NStepReplayBuffer and self.replay_buffer_kwargs.get("n_steps") == self.n_steps:
-                # load() runs this again with the buffer class SB3 itself chose for n_steps > 1, and SB3 then warns
-                # that n_steps is ignored, which is wrong: replay_buffer_kwargs carry it. Spare users that warning.
+            if prioritized or (
+                self.replay_buffer_class is NStepReplayBuffer and self.replay_buffer_kwargs.get("n_steps") == self.n_steps
+            ):
+                # SB3 warns that n_steps is ignored with a custom buffer class, which is wrong when replay_buffer_kwargs
+                # carry it: here, and when load() runs this again with the class SB3 itself chose for n_steps > 1.
                 warnings.filterwarnings("ignore", message=r"`n_steps=\d+` is ignored because a custom `replay_buffer_class`")
             super()._setup_model()
         self._flat_update = None
@@ -429,11 +443,19 @@ class ParallelDQN(DQN):
         # SB3's DQN.train(), step for step and bit for bit, on flat buffers (see flat_update.py) and with the batches
         # of all steps drawn up front (see replay_sampling.py), plus the gradient average over ranks.
         update = self._prepare_gradient_steps()
-        batches = sample_batches(self.replay_buffer, gradient_steps, batch_size, self._vec_normalize_env)  # type: ignore[arg-type]
+        replay_buffer = self.replay_buffer
+        if isinstance(replay_buffer, PrioritizedReplayBuffer):
+            replay_buffer.set_progress(self._current_progress_remaining)
+        else:
+            batches = sample_batches(replay_buffer, gradient_steps, batch_size, self._vec_normalize_env)  # type: ignore[arg-type]
         losses = []
         try:
-            for step, replay_data in enumerate(batches):
-                loss = self._td_loss(replay_data)
+            for step in range(gradient_steps):
+                if isinstance(replay_buffer, PrioritizedReplayBuffer):
+                    replay_data, weights, sampled = self._sample_prioritized(replay_buffer, batch_size)
+                    loss, td_errors = self._weighted_td_loss(replay_data, weights)
+                else:
+                    loss = self._td_loss(next(batches))
                 losses.append(self._backward(update, loss))
                 # Clip gradient norm
                 grad_norm = update.clip_grad_norm_(self.max_grad_norm)
@@ -447,6 +469,8 @@ class ParallelDQN(DQN):
                         "the weights were not updated"
                     )
                 update.step()
+                if isinstance(replay_buffer, PrioritizedReplayBuffer):
+                    replay_buffer.update_priorities(sampled, td_errors.cpu().numpy())
 
                 if self._world_size > 1 and self.sync_check_interval > 0:
                     n_updates = self._n_updates + step + 1
@@ -465,6 +489,29 @@ class ParallelDQN(DQN):
 
     def _td_loss(self, replay_data: ReplayBufferSamples) -> th.Tensor:
         """SB3's DQN loss: Huber loss between Q(s, a) and the 1-step (or n-step) TD target of the target network."""
+        current_q_values, target_q_values = self._q_values_and_targets(replay_data)
+        # Compute Huber loss (less sensitive to outliers)
+        return F.smooth_l1_loss(current_q_values, target_q_values)
+
+    def _sample_prioritized(
+        self, replay_buffer: PrioritizedReplayBuffer, batch_size: int
+    ) -> tuple[ReplayBufferSamples, th.Tensor, np.ndarray]:
+        """A prioritized batch, its normalised importance weights (a column) and its leaves in the sum-tree."""
+        replay_data, weights, sampled = replay_buffer.sample_prioritized(batch_size, env=self._vec_normalize_env)
+        # Divide by the largest weight of this step over all ranks: every rank's samples then count on one scale in
+        # the averaged gradient, and weights only ever scale updates down (Schaul et al. 2016, section 3.4).
+        max_weight = mpi_tools.allreduce_max_(np.array([weights.max()]))[0]
+        weights_tensor = th.as_tensor(weights / max_weight, dtype=th.float32, device=self.device).reshape(-1, 1)
+        return replay_data, weights_tensor, sampled
+
+    def _weighted_td_loss(self, replay_data: ReplayBufferSamples, weights: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        """The TD loss with each sample's Huber loss weighted, and the TD errors (for the new priorities)."""
+        current_q_values, target_q_values = self._q_values_and_targets(replay_data)
+        loss = (weights * F.smooth_l1_loss(current_q_values, target_q_values, reduction="none")).mean()
+        return loss, (current_q_values - target_q_values).detach().reshape(-1)
+
+    def _q_values_and_targets(self, replay_data: ReplayBufferSamples) -> tuple[th.Tensor, th.Tensor]:
+        """Q(s, a) of the online network (with gradients) and the TD targets (without)."""
         # For n-step replay, discount factor is gamma**n_steps (when no early termination)
         discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
 
@@ -489,9 +536,7 @@ class ParallelDQN(DQN):
 
         # Retrieve the q-values for the actions from the replay buffer
         current_q_values = th.gather(current_q_values, dim=1, index=replay_data.actions.long())
-
-        # Compute Huber loss (less sensitive to outliers)
-        return F.smooth_l1_loss(current_q_values, target_q_values)
+        return current_q_values, target_q_values
 
     def _backward(self, update: FlatUpdate, loss: th.Tensor) -> float:
         """Gradients of ``loss``, averaged over ranks (before clipping, so that every rank clips and steps alike)."""

@@ -163,17 +163,26 @@ def _parallel_dqn_step_parts(model: Any, n_steps: int) -> Iterator[Callable[[], 
     """One step of ``ParallelDQN.train()`` (same methods), timed part by part."""
     import torch as th
 
+    from sb3_parallel_dqn.prioritized_replay import PrioritizedReplayBuffer
     from sb3_parallel_dqn.replay_sampling import sample_batches
 
     update = model._prepare_gradient_steps()
     averager = model._grad_averager
-    batches = sample_batches(model.replay_buffer, n_steps, model.batch_size, model._vec_normalize_env)
+    replay_buffer = model.replay_buffer
+    prioritized = isinstance(replay_buffer, PrioritizedReplayBuffer)
+    batches = sample_batches(replay_buffer, 0 if prioritized else n_steps, model.batch_size, model._vec_normalize_env)
 
     def timed_step() -> tuple[float, float, float, float]:
         start = time.perf_counter()
-        replay_data = next(batches)
+        if prioritized:
+            replay_data, weights, leaves = model._sample_prioritized(replay_buffer, model.batch_size)
+        else:
+            replay_data = next(batches)
         sampled = time.perf_counter()
-        loss = model._td_loss(replay_data)
+        if prioritized:
+            loss, td_errors = model._weighted_td_loss(replay_data, weights)
+        else:
+            loss = model._td_loss(replay_data)
         if averager is None:
             loss.item()  # train() reads the loss here, which also waits for the forward pass on GPU
         update.zero_grad()
@@ -185,6 +194,8 @@ def _parallel_dqn_step_parts(model: Any, n_steps: int) -> Iterator[Callable[[], 
         grad_norm = update.clip_grad_norm_(model.max_grad_norm)
         th.isfinite(grad_norm).item()  # train()'s finiteness check, a device sync on GPU
         update.step()
+        if prioritized:  # the priority update counts with the step
+            replay_buffer.update_priorities(leaves, td_errors.cpu().numpy())
         stepped = time.perf_counter()
         return sampled - start, backward - sampled, synced - backward, stepped - synced
 

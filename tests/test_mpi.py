@@ -115,3 +115,25 @@ def test_exception_on_one_rank_ends_the_job():
     result = run_mpi([str(MPI_SCRIPTS / "crash_one_rank.py")], timeout=60)
     assert result.returncode != 0
     assert "injected failure on rank 1" in result.stderr
+
+
+def test_prioritized_replay_dueling_n_step_under_mpi(tmp_path):
+    """Ape-X style sharded PER: each rank samples its own buffer, weights are normalised by the global max weight."""
+    check_ok(run_mpi([str(MPI_SCRIPTS / "prioritized_dueling.py"), str(tmp_path)], timeout=240))
+    weights = [np.load(tmp_path / f"weights_rank{rank}.npz") for rank in (0, 1)]
+    assert any("value_head" in name for name in weights[0].files)  # the dueling head was built
+    for name in weights[0].files:
+        np.testing.assert_array_equal(weights[0][name], weights[1][name], err_msg=name)  # bit-identical
+
+    infos = [json.loads((tmp_path / f"info_rank{rank}.json").read_text()) for rank in (0, 1)]
+    n_updates = infos[0]["n_updates"]
+    assert n_updates == infos[1]["n_updates"] > 0
+    local_max = np.array([info["local_max"] for info in infos])
+    divided_by = np.array([info["divided_by"] for info in infos])
+    assert local_max.shape == divided_by.shape == (2, n_updates)  # one small Allreduce per gradient step
+    np.testing.assert_array_equal(divided_by[0], divided_by[1])
+    np.testing.assert_array_equal(divided_by[0], local_max.max(axis=0))
+    assert (local_max[0] != local_max[1]).any()  # the ranks' own maxima differ, so the global one matters
+    assert [info["n_steps"] for info in infos] == [3, 3]
+    assert all(info["beta"] > 0.4 for info in infos)
+    assert all(info["distinct_priorities"] > 10 for info in infos)  # priorities were written back

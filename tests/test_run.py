@@ -11,7 +11,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
-from sb3_parallel_dqn import ParallelDQN, make_parallel_vec_env
+from sb3_parallel_dqn import DuelingQNetwork, ParallelDQN, make_parallel_vec_env
 
 TINY = {"policy_kwargs": {"net_arch": [16]}, "learning_starts": 50, "buffer_size": 1_000}
 
@@ -76,8 +76,9 @@ def test_predict_and_evaluate_policy():
     assert mean_reward > 0 and std_reward >= 0
 
 
+@pytest.mark.parametrize("dueling", [False, True])
 @pytest.mark.parametrize("policy, env_id", [("CnnPolicy", "image"), ("MultiInputPolicy", "dict")])
-def test_other_policy_aliases(policy, env_id):
+def test_other_policy_aliases(policy, env_id, dueling):
     from stable_baselines3.common.envs import SimpleMultiObsEnv
 
     if env_id == "dict":
@@ -86,9 +87,11 @@ def test_other_policy_aliases(policy, env_id):
         from stable_baselines3.common.envs import FakeImageEnv
 
         env = FakeImageEnv(screen_height=40, screen_width=40, n_channels=1, discrete=True)
-    model = ParallelDQN(policy, env, learning_starts=20, buffer_size=200, batch_size=8, train_freq=4)
+    model = ParallelDQN(policy, env, learning_starts=20, buffer_size=200, batch_size=8, train_freq=4,
+                        policy_kwargs={"dueling": dueling})  # fmt: skip
     model.learn(60)
     assert model._n_updates > 0
+    assert isinstance(model.q_net, DuelingQNetwork) == dueling
 
 
 def test_episodic_train_freq_is_allowed_with_one_process():

@@ -1,0 +1,97 @@
+"""
+SB3's DQN policies, plus an optional dueling head (``policy_kwargs=dict(dueling=True)``).
+
+Dueling network architecture: Wang et al. (2016), https://arxiv.org/abs/1511.06581. With ``dueling=False`` (the
+default) these policies build exactly SB3's ``QNetwork``, with the same layers in the same order, so the same seed
+gives the same weights as SB3's ``MlpPolicy``/``CnnPolicy``/``MultiInputPolicy``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, create_mlp
+from stable_baselines3.common.type_aliases import PyTorchObs
+from stable_baselines3.dqn import policies as sb3_policies
+from stable_baselines3.dqn.policies import QNetwork
+from torch import nn
+
+
+class DuelingQNetwork(QNetwork):
+    """
+    Q-network with a dueling head: ``Q(s, a) = V(s) + A(s, a) - mean_a' A(s, a')``.
+
+    The features extractor and the hidden layers of ``net_arch`` are shared; the value and the advantage streams
+    are one linear layer each on top of them. Subtracting the mean advantage (the paper's eq. 9) makes V and A
+    identifiable without changing the greedy action.
+
+    :param observation_space: Observation space
+    :param action_space: Action space
+    :param features_extractor: Network to extract features
+    :param features_dim: Number of features
+    :param net_arch: The specification of the shared hidden layers.
+    :param activation_fn: Activation function
+    :param normalize_images: Whether to normalize images or not,
+         dividing by 255.0 (True by default)
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Discrete,
+        features_extractor: BaseFeaturesExtractor,
+        features_dim: int,
+        net_arch: list[int] | None = None,
+        activation_fn: type[nn.Module] = nn.ReLU,
+        normalize_images: bool = True,
+    ) -> None:
+        super().__init__(
+            observation_space, action_space, features_extractor, features_dim, net_arch, activation_fn, normalize_images
+        )
+        # QNetwork built one MLP ending in the Q-values: replace it by the shared layers and two heads.
+        del self.q_net
+        self.trunk = nn.Sequential(*create_mlp(self.features_dim, 0, self.net_arch, self.activation_fn))
+        hidden_dim = self.net_arch[-1] if self.net_arch else self.features_dim
+        self.value_head = nn.Linear(hidden_dim, 1)
+        self.advantage_head = nn.Linear(hidden_dim, int(self.action_space.n))
+
+    def forward(self, obs: PyTorchObs) -> th.Tensor:
+        hidden = self.trunk(self.extract_features(obs, self.features_extractor))
+        advantages = self.advantage_head(hidden)
+        return self.value_head(hidden) + advantages - advantages.mean(dim=1, keepdim=True)
+
+
+class DQNPolicy(sb3_policies.DQNPolicy):
+    """
+    SB3's ``DQNPolicy`` with an optional dueling head; every other argument is SB3's.
+
+    :param dueling: Build a :class:`DuelingQNetwork` (online and target) instead of SB3's ``QNetwork``
+    """
+
+    def __init__(self, *args: Any, dueling: bool = False, **kwargs: Any) -> None:
+        # Read by make_q_net(), which the base class' __init__ calls: set it first.
+        self.dueling = dueling
+        super().__init__(*args, **kwargs)
+
+    def make_q_net(self) -> QNetwork:
+        if not self.dueling:
+            return super().make_q_net()
+        # Make sure we always have separate networks for features extractors etc (as SB3's make_q_net)
+        net_args = self._update_features_extractor(self.net_args, features_extractor=None)
+        return DuelingQNetwork(**net_args).to(self.device)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        return {**super()._get_constructor_parameters(), "dueling": self.dueling}
+
+
+MlpPolicy = DQNPolicy
+
+
+class CnnPolicy(DQNPolicy, sb3_policies.CnnPolicy):
+    """SB3's DQN ``CnnPolicy`` (``NatureCNN`` features) with the ``dueling`` option of :class:`DQNPolicy`."""
+
+
+class MultiInputPolicy(DQNPolicy, sb3_policies.MultiInputPolicy):
+    """SB3's DQN ``MultiInputPolicy`` (``CombinedExtractor`` features) with the ``dueling`` option of :class:`DQNPolicy`."""
