@@ -27,6 +27,7 @@ from stable_baselines3.common.type_aliases import (
 )
 from stable_baselines3.common.utils import polyak_update
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
+from stable_baselines3.dqn.policies import CnnPolicy, DQNPolicy, MlpPolicy, MultiInputPolicy
 from torch.nn import functional as F
 
 from sb3_parallel_dqn import interrupt, mpi_tools
@@ -36,7 +37,8 @@ from sb3_parallel_dqn.env_util import make_parallel_vec_env
 from sb3_parallel_dqn.flat_update import FlatUpdate
 from sb3_parallel_dqn.hyperparams import check_model_kwargs
 from sb3_parallel_dqn.mpi_pytorch import GradientAverager, broadcast_module_, broadcast_optimizer_, check_synced
-from sb3_parallel_dqn.policies import CnnPolicy, DQNPolicy, MlpPolicy, MultiInputPolicy
+from sb3_parallel_dqn.policies import DQNPolicy as DQNPolicyWithDueling
+from sb3_parallel_dqn.policies import dueling_policy_class
 from sb3_parallel_dqn.prioritized_replay import PrioritizedReplayBuffer
 from sb3_parallel_dqn.q_forward import QForward, q_forward
 from sb3_parallel_dqn.replay_sampling import sample_batches
@@ -281,6 +283,14 @@ class ParallelDQN(DQN):
         return env
 
     def _setup_model(self) -> None:
+        if "dueling" in self.policy_kwargs:
+            # SB3's policies take no `dueling` argument: use ours for dueling=True, and keep SB3's (whose model files
+            # load without this package) for dueling=False. A new dict: the user's own must not change.
+            dueling = self.policy_kwargs["dueling"]
+            if dueling:
+                self.policy_class = dueling_policy_class(self.policy_class)  # type: ignore[arg-type]
+            elif not issubclass(self.policy_class, DQNPolicyWithDueling):
+                self.policy_kwargs = {key: value for key, value in self.policy_kwargs.items() if key != "dueling"}
         prioritized = self.replay_buffer_class is not None and issubclass(self.replay_buffer_class, PrioritizedReplayBuffer)
         if prioritized:
             # Our buffer computes n-step returns itself: hand it the model's settings (SB3 only does so for the

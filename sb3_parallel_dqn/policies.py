@@ -1,9 +1,10 @@
 """
 SB3's DQN policies, plus an optional dueling head (``policy_kwargs=dict(dueling=True)``).
 
-Dueling network architecture: Wang et al. (2016), https://arxiv.org/abs/1511.06581. With ``dueling=False`` (the
-default) these policies build exactly SB3's ``QNetwork``, with the same layers in the same order, so the same seed
-gives the same weights as SB3's ``MlpPolicy``/``CnnPolicy``/``MultiInputPolicy``.
+Dueling network architecture: Wang et al. (2016), https://arxiv.org/abs/1511.06581. With ``dueling=False`` these
+policies build exactly SB3's ``QNetwork``. ``ParallelDQN`` only uses them when ``dueling=True`` is asked for (see
+:func:`dueling_policy_class`): otherwise it keeps SB3's own policy classes, so that its model files load with
+stable-baselines3 alone.
 """
 
 from __future__ import annotations
@@ -95,3 +96,22 @@ class CnnPolicy(DQNPolicy, sb3_policies.CnnPolicy):
 
 class MultiInputPolicy(DQNPolicy, sb3_policies.MultiInputPolicy):
     """SB3's DQN ``MultiInputPolicy`` (``CombinedExtractor`` features) with the ``dueling`` option of :class:`DQNPolicy`."""
+
+
+_DUELING_CLASSES: dict[type[sb3_policies.DQNPolicy], type[DQNPolicy]] = {
+    sb3_policies.DQNPolicy: DQNPolicy,  # SB3's MlpPolicy is the same class
+    sb3_policies.CnnPolicy: CnnPolicy,
+    sb3_policies.MultiInputPolicy: MultiInputPolicy,
+}
+
+
+def dueling_policy_class(policy_class: type[sb3_policies.DQNPolicy]) -> type[DQNPolicy]:
+    """The policy class with the ``dueling`` option that stands for SB3's ``policy_class``."""
+    if issubclass(policy_class, DQNPolicy):
+        return policy_class
+    if policy_class not in _DUELING_CLASSES:
+        raise ValueError(
+            f"dueling=True needs one of SB3's DQN policies (MlpPolicy, CnnPolicy, MultiInputPolicy) or a subclass of "
+            f"sb3_parallel_dqn.policies.DQNPolicy, not {policy_class.__qualname__}"
+        )
+    return _DUELING_CLASSES[policy_class]

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch as th
 from stable_baselines3 import DQN
+from stable_baselines3.dqn import policies as sb3_policies
 from stable_baselines3.dqn.policies import QNetwork
 
 from sb3_parallel_dqn import ParallelDQN
@@ -29,13 +30,29 @@ def test_dueling_aggregation_against_its_definition():
     assert q_forward(q_net) is q_net  # the lean MLP path is for SB3's QNetwork only
 
 
-def test_default_policies_are_sb3s_networks_with_sb3s_weights():
-    ours = ParallelDQN("MlpPolicy", "CartPole-v1", seed=3)
+@pytest.mark.parametrize("policy_kwargs", [None, {"dueling": False}])
+def test_without_dueling_the_policy_is_sb3s_own(policy_kwargs):
+    """SB3's policy class (so that model files load with stable-baselines3 alone), with SB3's weights."""
+    ours = ParallelDQN("MlpPolicy", "CartPole-v1", seed=3, policy_kwargs=policy_kwargs)
     stock = DQN("MlpPolicy", "CartPole-v1", seed=3)
-    assert type(ours.q_net) is QNetwork and isinstance(ours.policy, MlpPolicy)
-    assert ours.policy.state_dict().keys() == stock.policy.state_dict().keys()
+    assert ours.policy_class is sb3_policies.MlpPolicy and type(ours.q_net) is QNetwork
+    assert "dueling" not in ours.policy_kwargs
+    assert policy_kwargs in (None, {"dueling": False})  # the user's dict is left alone
     for name, tensor in stock.policy.state_dict().items():
         assert th.equal(ours.policy.state_dict()[name], tensor), name
+
+
+def test_our_policy_classes_without_dueling_build_sb3s_network():
+    model = ParallelDQN(MlpPolicy, "CartPole-v1", seed=3, policy_kwargs={"dueling": False})
+    assert model.policy_class is MlpPolicy and type(model.q_net) is QNetwork and model.policy.dueling is False
+
+
+def test_dueling_needs_a_dqn_policy_it_knows():
+    class OtherPolicy(sb3_policies.DQNPolicy):
+        pass
+
+    with pytest.raises(ValueError, match="dueling=True needs"):
+        ParallelDQN(OtherPolicy, "CartPole-v1", policy_kwargs={"dueling": True})
 
 
 @pytest.mark.parametrize("net_arch", [[], [16]])

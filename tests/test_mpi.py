@@ -19,10 +19,11 @@ def test_gradients_are_averaged_before_clipping():
     assert result.stdout.count("GRADIENTS OK") == 2, result.stdout
 
 
-@pytest.mark.parametrize("start_method", ["fork", "forkserver", "spawn"])
-def test_subproc_workers_ranks_stay_identical(tmp_path, start_method):
+# forkserver (SB3's default) also runs 3-step returns: NStepReplayBuffer with 2 envs per rank under MPI.
+@pytest.mark.parametrize("start_method, n_steps", [("fork", 1), ("forkserver", 3), ("spawn", 1)])
+def test_subproc_workers_ranks_stay_identical(tmp_path, start_method, n_steps):
     # -prepend-rank tags every output line with its rank, so we can tell who printed what.
-    script = [str(MPI_SCRIPTS / "train_sync.py"), start_method, str(tmp_path)]
+    script = [str(MPI_SCRIPTS / "train_sync.py"), start_method, str(tmp_path), str(n_steps)]
     result = check_ok(run_mpi(script, timeout=240, mpirun_args=("-prepend-rank",)))
     rank1_lines = [line for line in result.stdout.splitlines() if line.startswith("[1]")]
     assert rank1_lines == []  # only rank 0 prints (verbose=1 on both)
@@ -37,6 +38,7 @@ def test_subproc_workers_ranks_stay_identical(tmp_path, start_method):
     # num_timesteps is the global count, identical on both ranks
     assert infos[0]["num_timesteps"] == infos[1]["num_timesteps"] == 2_000
     assert infos[0]["n_updates"] == infos[1]["n_updates"] > 0
+    assert infos[0]["buffer"] == ("NStepReplayBuffer" if n_steps > 1 else "ReplayBuffer")
     # seed + rank * n_envs + i: no two envs share a seed
     assert infos[0]["env_seeds"] == [7, 8]
     assert infos[1]["env_seeds"] == [9, 10]

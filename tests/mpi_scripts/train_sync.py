@@ -15,6 +15,7 @@ from sb3_parallel_dqn import ParallelDQN, mpi_tools
 
 if __name__ == "__main__":
     start_method, out_dir = sys.argv[1], Path(sys.argv[2])
+    n_steps = int(sys.argv[3]) if len(sys.argv) > 3 else 1
     rank = mpi_tools.rank()
     model = ParallelDQN(
         "MlpPolicy",
@@ -26,6 +27,7 @@ if __name__ == "__main__":
         train_freq=4,
         target_update_interval=100,
         buffer_size=5_000,
+        n_steps=n_steps,
         policy_kwargs={"net_arch": [32, 32]},
         sync_check_interval=50,
         tensorboard_log=str(out_dir / "tb"),
@@ -45,6 +47,7 @@ if __name__ == "__main__":
         "local_episode_rewards": [float(ep["r"]) for ep in model.ep_info_buffer],
         "global_episode_means": model._global_episode_means,
         "env_seeds": env_seeds,
+        "buffer": type(model.replay_buffer).__name__,
     }
     (out_dir / f"info_rank{rank}.json").write_text(json.dumps(info))
     model.env.close()
