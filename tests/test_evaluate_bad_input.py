@@ -125,7 +125,7 @@ def test_model_of_another_env(run):
                      "(4,), float32), the env's is Box(", "(6,), float32)")  # fmt: skip
     # weights only: the model is built for Acrobot from its config entry, so the file's tensors do not fit it
     result = run_python([EVALUATE, "--env", "Acrobot-v1", "--model", str(model_path), "-n", "1", "--weights-only"])
-    assert_bad_input(result, "'q_net.q_net.0.weight' has shape (16, 4) in policy.pth but (256, 6) in the built policy")
+    assert_bad_input(result, "'q_net.q_net.0.weight' has shape (16, 4) in policy.pth but (64, 6) in the built policy")
 
 
 def test_unknown_env(run):
