@@ -294,8 +294,7 @@ class ParallelDQN(DQN):
         prioritized = self.replay_buffer_class is not None and issubclass(self.replay_buffer_class, PrioritizedReplayBuffer)
         if prioritized:
             # Our buffer computes n-step returns itself: hand it the model's settings (SB3 only does so for the
-            # buffer it picks itself).
-            # A new dict: the user's own must not change.
+            # buffer it picks itself), in a new dict, as the user's own must not change.
             self.replay_buffer_kwargs = {"n_steps": self.n_steps, "gamma": self.gamma, **self.replay_buffer_kwargs}
         with warnings.catch_warnings():
             if prioritized or (
@@ -451,7 +450,8 @@ class ParallelDQN(DQN):
         self._update_learning_rate(self.policy.optimizer)
 
         # SB3's DQN.train(), step for step and bit for bit, on flat buffers (see flat_update.py) and with the batches
-        # of all steps drawn up front (see replay_sampling.py), plus the gradient average over ranks.
+        # of all steps drawn up front (see replay_sampling.py), plus the gradient average over ranks. A prioritized
+        # buffer is sampled step by step instead, as each step's new priorities weigh the next draw.
         update = self._prepare_gradient_steps()
         replay_buffer = self.replay_buffer
         if isinstance(replay_buffer, PrioritizedReplayBuffer):
