@@ -454,15 +454,16 @@ class ParallelDQN(DQN):
         # buffer is sampled step by step instead, as each step's new priorities weigh the next draw.
         update = self._prepare_gradient_steps()
         replay_buffer = self.replay_buffer
-        if isinstance(replay_buffer, PrioritizedReplayBuffer):
-            replay_buffer.set_progress(self._current_progress_remaining)
+        prioritized = isinstance(replay_buffer, PrioritizedReplayBuffer)
+        if prioritized:
+            replay_buffer.set_progress(self._current_progress_remaining)  # type: ignore[union-attr]
         else:
             batches = sample_batches(replay_buffer, gradient_steps, batch_size, self._vec_normalize_env)  # type: ignore[arg-type]
         losses = []
         try:
             for step in range(gradient_steps):
-                if isinstance(replay_buffer, PrioritizedReplayBuffer):
-                    replay_data, weights, sampled = self._sample_prioritized(replay_buffer, batch_size)
+                if prioritized:
+                    replay_data, weights, sampled = self._sample_prioritized(replay_buffer, batch_size)  # type: ignore[arg-type]
                     loss, td_errors = self._weighted_td_loss(replay_data, weights)
                 else:
                     loss = self._td_loss(next(batches))
@@ -479,8 +480,8 @@ class ParallelDQN(DQN):
                         "the weights were not updated"
                     )
                 update.step()
-                if isinstance(replay_buffer, PrioritizedReplayBuffer):
-                    replay_buffer.update_priorities(sampled, td_errors.cpu().numpy())
+                if prioritized:
+                    replay_buffer.update_priorities(sampled, td_errors.cpu().numpy())  # type: ignore[union-attr]
 
                 if self._world_size > 1 and self.sync_check_interval > 0:
                     n_updates = self._n_updates + step + 1
