@@ -164,7 +164,6 @@ class ParallelCheckpointCallback(CheckpointCallback):
             raise ValueError(f"save_freq must be >= 1, not {save_freq}")
         super().__init__(save_freq, save_path, name_prefix, save_replay_buffer, save_vecnormalize, verbose)
         self._next_save = save_freq
-        self._due = False
 
     def _init_callback(self) -> None:
         super()._init_callback()
@@ -174,22 +173,24 @@ class ParallelCheckpointCallback(CheckpointCallback):
             self.verbose = 0
 
     def _on_step(self) -> bool:
-        if self.num_timesteps >= self._next_save:
-            self._due = True
-            self._next_save = (self.num_timesteps // self.save_freq + 1) * self.save_freq
         return True
 
+    # Decided at rollout boundaries only, from num_timesteps as every rank agreed on it at the end of the rollout:
+    # deciding per env step, as SB3 does, let a rank that a callback stopped early skip a checkpoint that the others
+    # wrote, leaving a model without that rank's replay buffer shard (or the reverse).
     def _on_rollout_start(self) -> None:
-        if self._due:
-            self.save_checkpoint()
+        self._save_if_due()
 
     def _on_training_end(self) -> None:
-        if self._due:
+        self._save_if_due()
+
+    def _save_if_due(self) -> None:
+        if self.model.num_timesteps >= self._next_save:
+            self._next_save = (self.model.num_timesteps // self.save_freq + 1) * self.save_freq
             self.save_checkpoint()
 
     def save_checkpoint(self) -> None:
         """Write this rank's files of a checkpoint now."""
-        self._due = False
         self.num_timesteps = self.model.num_timesteps  # named after the step it holds
         save_checkpoint(
             self.model,

@@ -61,10 +61,10 @@ def make_parallel_vec_env(
     from the monitor file names, one process gives exactly ``make_vec_env``'s envs: same seeds, observations and
     action samples.
 
-    Worker processes are started without the MPI launcher's environment variables, which makes every start method
-    (``fork``, ``forkserver``, ``spawn``) work under ``mpirun`` even when the main script imports ``mpi4py`` at top
-    level (see :func:`sb3_parallel_dqn.mpi_tools.launcher_env_removed`). Use this function, not
-    ``SubprocVecEnv(...)`` directly, in scripts launched by ``mpirun``.
+    Every start method (``fork``, ``forkserver``, ``spawn``) works under ``mpirun``, as with SB3's own
+    ``SubprocVecEnv``/``make_vec_env``: MPI is initialised (by ``mpi_tools.rank()``, below) before any worker starts,
+    and the launcher's variables are gone from the environment from then on (see
+    :func:`sb3_parallel_dqn.mpi_tools.hide_launcher_env`).
 
     :param env_id: the env ID or a callable returning an env
     :param n_envs: number of environments of this rank (must be the same on every rank)
@@ -119,8 +119,7 @@ def make_parallel_vec_env(
 
         return _init
 
-    with mpi_tools.launcher_env_removed():
-        vec_env = resolve_vec_env_cls(vec_env_cls, n_envs)([make_env(i) for i in range(n_envs)], **vec_env_kwargs)
+    vec_env = resolve_vec_env_cls(vec_env_cls, n_envs)([make_env(i) for i in range(n_envs)], **vec_env_kwargs)
     # VecEnv.seed(s) seeds env i with s + i at the next reset. Like make_vec_env, also call it without a seed: it
     # then draws one from numpy's global generator, and skipping that draw would change what follows it.
     vec_env.seed(None if seed is None else seed + first_index)

@@ -8,7 +8,9 @@ one small message, so all ranks agree to stop after the same rollout (once its g
 checkpoint written then resumes exactly). A second SIGINT raises ``KeyboardInterrupt`` as usual, for an impatient
 user.
 
-Outside :func:`stop_on_signals` nothing changes: ``learn`` keeps SB3's behaviour on Ctrl-C.
+Outside :func:`stop_on_signals` nothing changes: ``learn`` keeps SB3's behaviour on Ctrl-C. A request never
+outlives its block, and the ``learn`` it stopped consumes it: a later ``learn`` (in the same block or after it) runs
+its whole budget unless a new signal arrives.
 """
 
 from __future__ import annotations
@@ -19,31 +21,39 @@ import threading
 from collections.abc import Iterator
 from types import FrameType
 
-_requested: signal.Signals | None = None
+# The signal received inside the stop_on_signals() block in progress, and whether training has acted on it already.
+_received: signal.Signals | None = None
+_acted_on = False
 
 HANDLED = (signal.SIGTERM, signal.SIGINT)
 
 
 def requested() -> signal.Signals | None:
-    """The signal that asked training to stop, if one arrived inside :func:`stop_on_signals`."""
-    return _requested
+    """The signal that asks training to stop: received inside the block in progress, not yet acted on."""
+    return None if _acted_on else _received
 
 
 def request(signum: int = signal.SIGTERM) -> None:
     """Ask training to stop at the next safe point, as the signal ``signum`` would."""
-    global _requested
-    _requested = signal.Signals(signum)
+    global _received, _acted_on
+    _received, _acted_on = signal.Signals(signum), False
+
+
+def acknowledge() -> None:
+    """Training stopped for the request (``ParallelDQN`` calls this on every rank): later ``learn`` calls run in full."""
+    global _acted_on
+    _acted_on = True
 
 
 def clear() -> None:
-    """Forget a stop request (a new training run starts)."""
-    global _requested
-    _requested = None
+    """Forget any request (the :func:`stop_on_signals` block starts or ends)."""
+    global _received, _acted_on
+    _received, _acted_on = None, False
 
 
 def _handler(signum: int, frame: FrameType | None) -> None:
-    if _requested is not None and signum == signal.SIGINT:
-        raise KeyboardInterrupt  # the second Ctrl-C: stop now
+    if _received is not None and signum == signal.SIGINT:
+        raise KeyboardInterrupt  # the second Ctrl-C in the block: stop now, even while the first stop saves its files
     request(signum)
 
 
@@ -67,3 +77,5 @@ def stop_on_signals() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        # Before this fix a request outlived its block and silently cut every later learn() short (issue 12, item 3).
+        clear()

@@ -10,12 +10,11 @@ lets ``ParallelDQN.load`` work anywhere.
 
 from __future__ import annotations
 
-import contextlib
+import multiprocessing as mp
 import os
 import sys
 import time
 import traceback
-from collections.abc import Iterator
 from functools import cache
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -30,11 +29,33 @@ if TYPE_CHECKING:
 # and imports mpi4py tries to join the parent's job and fails in MPI_Init (`PMI_Init returned -1`).
 _LAUNCHER_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MV2_COMM_WORLD_SIZE", "MPI_LOCALNRANKS")
 _LAUNCHER_VAR_PREFIXES = ("PMI_", "PMIX_", "HYDRA_", "HYDI_", "OMPI_", "PRTE_", "MPI_LOCALNRANKS", "MPI_LOCALRANKID", "MV2_")
+# Where launchers publish a process' rank among the processes of its host, most specific first. SLURM_LOCALID only
+# counts when srun itself started this process as a task (see local_rank()).
+_LOCAL_RANK_VARS = ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID")
+
+# The launcher's variables as this process received them. hide_launcher_env() removes them from os.environ once MPI
+# is initialised (so that env workers started afterwards never see them); everything here reads this copy instead.
+_LAUNCHER_ENV: dict[str, str] = {
+    key: value
+    for key, value in os.environ.items()
+    if key.startswith(_LAUNCHER_VAR_PREFIXES) or key in _LOCAL_RANK_VARS or key == "SLURM_PROCID"
+}
 
 
 def launched_by_mpi() -> bool:
-    """Whether this process was started by an MPI launcher (without initialising MPI to find out)."""
-    return any(var in os.environ for var in _LAUNCHER_SIZE_VARS)
+    """
+    Whether this process was started by an MPI launcher (without initialising MPI to find out).
+
+    A ``multiprocessing`` child (an env worker) never counts, even if it inherited the launcher's variables: it must
+    not try to join the job.
+    """
+    return not _in_child_process() and any(var in _LAUNCHER_ENV for var in _LAUNCHER_SIZE_VARS)
+
+
+def _in_child_process() -> bool:
+    # parent_process() is only set once a child runs its target; while a spawn/forkserver child re-imports __main__,
+    # its process name already says what it is.
+    return mp.parent_process() is not None or mp.current_process().name != "MainProcess"
 
 
 def launcher_world_size() -> int | None:
@@ -43,7 +64,7 @@ def launcher_world_size() -> int | None:
     without initialising MPI: lets a script check its input before any rank starts MPI. None when unknown.
     """
     for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
-        value = os.environ.get(var, "")
+        value = _LAUNCHER_ENV.get(var, "")
         if value.isdigit():
             return int(value)
     return None if launched_by_mpi() else 1
@@ -52,10 +73,32 @@ def launcher_world_size() -> int | None:
 def launcher_rank() -> int | None:
     """This process' rank as the MPI launcher announced it (``PMI_RANK``...), without initialising MPI; None if unknown."""
     for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK"):
-        value = os.environ.get(var, "")
+        value = _LAUNCHER_ENV.get(var, "")
         if value.isdigit():
             return int(value)
     return None if launched_by_mpi() else 0
+
+
+def hide_launcher_env() -> None:
+    """
+    Remove the MPI launcher's variables from ``os.environ`` for good, so that every process started from now on
+    (``SubprocVecEnv`` workers built by anyone, with any start method) comes up outside the job.
+
+    A ``spawn`` or ``forkserver`` child re-imports ``__main__``; if the script does ``from mpi4py import MPI`` at top
+    level, the child calls ``MPI_Init`` and, with the launcher's variables inherited, tries to join the parent's job
+    and crashes (MPICH: ``PMI_Init returned -1``). Without them it initialises as a harmless singleton (world size 1).
+    Only call it once this process' MPI is initialised: MPI reads them in ``MPI_Init``. This module keeps its own copy.
+    """
+    for key in list(os.environ):
+        if key.startswith(_LAUNCHER_VAR_PREFIXES):
+            del os.environ[key]
+
+
+def hide_launcher_env_if_initialized() -> None:
+    """:func:`hide_launcher_env` if the user's code already initialised MPI (``from mpi4py import MPI``)."""
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is not None and launched_by_mpi() and mpi.Is_initialized():
+        hide_launcher_env()
 
 
 @cache
@@ -63,13 +106,16 @@ def comm() -> MPI.Intracomm | None:
     """
     The world communicator, or ``None`` when this process does not run under MPI.
 
-    The first call under a launcher initialises MPI and installs :func:`abort_on_uncaught_exception`, so that an
-    exception on one rank ends the whole job instead of leaving the other ranks blocked in a collective.
+    The first call under a launcher initialises MPI, removes the launcher's variables from the environment (see
+    :func:`hide_launcher_env`) and installs :func:`abort_on_uncaught_exception`, so that an exception on one rank
+    ends the whole job instead of leaving the other ranks blocked in a collective.
     """
     if not launched_by_mpi() and "mpi4py.MPI" not in sys.modules:
         return None
     from mpi4py import MPI
 
+    if launched_by_mpi():
+        hide_launcher_env()
     world = MPI.COMM_WORLD
     if world.Get_size() > 1:
         abort_on_uncaught_exception()
@@ -93,19 +139,51 @@ def is_root() -> bool:
     return rank() == 0
 
 
-@cache
-def local_rank() -> int:
-    """Rank among the processes on this host (from a shared-memory split of the world), used to pick a GPU."""
-    world = comm()
-    if world is None or world.Get_size() == 1:
+_local_rank: int | None = None
+
+
+def local_rank() -> int | None:
+    """
+    Rank among the processes on this host (used to pick a GPU), without any collective: as the launcher published it
+    (MPICH/Hydra and Intel MPI ``MPI_LOCALRANKID``, Open MPI ``OMPI_COMM_WORLD_LOCAL_RANK``, MVAPICH, Slurm's
+    ``SLURM_LOCALID`` for tasks that ``srun`` started), else as :func:`compute_local_rank` found it earlier; None when
+    neither knows. 0 without MPI.
+
+    It never communicates, because it runs where one rank may be alone (``ParallelDQN.load`` on rank 0 to evaluate):
+    a collective there would wait forever for the other ranks.
+    """
+    if world_size() == 1:
         return 0
+    if _local_rank is not None:
+        return _local_rank
+    for var in _LOCAL_RANK_VARS:
+        value = _LAUNCHER_ENV.get(var, "")
+        if var == "SLURM_LOCALID" and _LAUNCHER_ENV.get("SLURM_PROCID") != str(rank()):
+            continue  # mpirun inside an sbatch script: the batch step's id, not this rank's
+        if value.isdigit():
+            return int(value)
+    return None
+
+
+def compute_local_rank() -> int:
+    """
+    :func:`local_rank`, computed by a shared-memory split of the world when the launcher did not publish it, and
+    cached. **Collective** when it has to compute: call it only where every rank runs (``ParallelDQN``'s constructor).
+    """
+    global _local_rank
+    known = local_rank()
+    if known is not None:
+        return known
     from mpi4py import MPI
 
+    world = comm()
+    assert world is not None
     node = world.Split_type(MPI.COMM_TYPE_SHARED)
     try:
-        return node.Get_rank()
+        _local_rank = node.Get_rank()
     finally:
         node.Free()
+    return _local_rank
 
 
 def allreduce_sum_(array: np.ndarray) -> np.ndarray:
@@ -138,6 +216,14 @@ def allgather(values: np.ndarray) -> np.ndarray:
     return out
 
 
+def allgather_object(obj: Any) -> list[Any]:
+    """Every rank's small picklable object, in rank order (set-up only: never on a hot path)."""
+    world = comm()
+    if world is None or world.Get_size() == 1:
+        return [obj]
+    return world.allgather(obj)
+
+
 def broadcast_(array: np.ndarray, root: int = 0) -> np.ndarray:
     """Overwrite a contiguous numpy array with ``root``'s copy, in place; returns it."""
     world = comm()
@@ -152,23 +238,6 @@ def broadcast_object(obj: Any, root: int = 0) -> Any:
     if world is None or world.Get_size() == 1:
         return obj
     return world.bcast(obj, root=root)
-
-
-@contextlib.contextmanager
-def launcher_env_removed() -> Iterator[None]:
-    """
-    Temporarily remove the MPI launcher's variables from ``os.environ``.
-
-    Start env worker processes inside this block. A ``spawn`` or ``forkserver`` child re-imports ``__main__``; if the
-    user's script does ``from mpi4py import MPI`` at top level, the child calls ``MPI_Init`` and, with the launcher's
-    variables inherited, tries to join the parent's job and crashes (MPICH: ``PMI_Init returned -1``). Without them
-    it initialises as a harmless singleton (world size 1) instead. ``fork`` children are unaffected either way.
-    """
-    removed = {key: os.environ.pop(key) for key in list(os.environ) if key.startswith(_LAUNCHER_VAR_PREFIXES)}
-    try:
-        yield
-    finally:
-        os.environ.update(removed)
 
 
 _abort_hook_installed = False

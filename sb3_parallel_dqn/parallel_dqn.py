@@ -39,7 +39,7 @@ from sb3_parallel_dqn.hyperparams import check_model_kwargs
 from sb3_parallel_dqn.mpi_pytorch import GradientAverager, broadcast_module_, broadcast_optimizer_, check_synced
 from sb3_parallel_dqn.policies import DQNPolicy as DQNPolicyWithDueling
 from sb3_parallel_dqn.policies import dueling_policy_class
-from sb3_parallel_dqn.prioritized_replay import PrioritizedReplayBuffer
+from sb3_parallel_dqn.prioritized_replay import PrioritizedReplayBuffer, truncate_last_transitions
 from sb3_parallel_dqn.q_forward import QForward, q_forward
 from sb3_parallel_dqn.replay_sampling import sample_batches
 
@@ -224,6 +224,9 @@ class ParallelDQN(DQN):
         # Saved with the model: envs stepped per _on_step call over the whole job (n_envs * world_size) when it
         # last trained, so that a run resumed with another layout keeps its target-update phase (_setup_learn).
         self._global_envs: int | None = None
+        # Saved with the model: the rank whose episodes ep_info_buffer holds, so that a model loaded on every rank
+        # counts rank 0's restored episodes once (_setup_learn).
+        self._episode_stats_rank = self._rank
         set_torch_threads(torch_num_threads)
 
         if isinstance(env, str) and (n_envs > 1 or vec_env_cls is not None or env_kwargs is not None):
@@ -259,7 +262,8 @@ class ParallelDQN(DQN):
             # Only rank 0 talks: W copies of every message help nobody.
             verbose=verbose if self._rank == 0 else 0,
             seed=seed,
-            device=pick_device(device),
+            # The constructor runs on every rank, except inside load(), which one rank may call alone.
+            device=pick_device(device, collective=_init_setup_model),
             _init_setup_model=False,
         )
         self.sync_check_interval = sync_check_interval
@@ -268,6 +272,8 @@ class ParallelDQN(DQN):
 
         if _init_setup_model:
             self._setup_model()
+            if self._world_size > 1:
+                self._check_lockstep()  # before the broadcast, whose size is the model's
             # Every rank starts from rank 0's weights (q_net and q_net_target), whatever its torch seed.
             broadcast_module_(self.policy)
 
@@ -392,6 +398,8 @@ class ParallelDQN(DQN):
         local_signal = interrupt.requested()
         if self._world_size == 1:
             self.stopped_by_signal = local_signal
+            if local_signal is not None:
+                interrupt.acknowledge()  # a later learn() runs in full
             return rollout
         # One small Allreduce per rollout keeps the ranks in lockstep: if a callback stopped training on any rank,
         # all stop here (before train(), whose collectives would otherwise deadlock); a signal received by any rank
@@ -407,16 +415,19 @@ class ParallelDQN(DQN):
                 len(self.ep_info_buffer),
                 sum(self.ep_success_buffer),
                 len(self.ep_success_buffer),
+                rollout.n_episodes,
                 float(local_signal == signal.SIGTERM),
                 float(local_signal == signal.SIGINT),
             ],
             dtype=np.float64,
         )
-        n_stopped, n_steps, sum_r, sum_l, n_episodes, sum_success, n_success, n_sigterm, n_sigint = mpi_tools.allreduce_sum_(
-            stats
+        (n_stopped, n_steps, sum_r, sum_l, n_episodes, sum_success, n_success, n_new_episodes, n_sigterm, n_sigint) = (
+            mpi_tools.allreduce_sum_(stats)
         )
         # num_timesteps assumed every rank made as many steps as this one; count what they really made instead.
         self.num_timesteps += int(n_steps) - self._world_size * rollout.episode_timesteps
+        # time/episodes counts the episodes of every rank (SB3 counted this rank's).
+        self._episode_num += int(n_new_episodes) - rollout.n_episodes
         self._global_episode_means = {}
         if n_episodes > 0:
             self._global_episode_means.update(r=sum_r / n_episodes, l=sum_l / n_episodes)
@@ -424,6 +435,7 @@ class ParallelDQN(DQN):
             self._global_episode_means["success"] = sum_success / n_success
         if n_sigterm > 0 or n_sigint > 0:
             self.stopped_by_signal = signal.SIGTERM if n_sigterm > 0 else signal.SIGINT
+            interrupt.acknowledge()  # on every rank: a later learn() runs in full
         if n_stopped > 0:
             return rollout._replace(continue_training=False)
         return rollout
@@ -618,7 +630,11 @@ class ParallelDQN(DQN):
     ) -> tuple[int, BaseCallback]:
         self.stopped_by_signal = None
         if self._world_size > 1:
-            self._check_lockstep(total_timesteps, reset_num_timesteps)
+            self._check_lockstep(
+                total_timesteps=total_timesteps,
+                reset_num_timesteps=reset_num_timesteps,
+                num_timesteps=0 if reset_num_timesteps else self.num_timesteps,
+            )
             # Train from rank 0's weights and optimizer state. Doing it here rather than inside load() and
             # set_parameters() covers both (whatever each rank loaded) and keeps them free of collectives, so that
             # rank 0 alone may load a model to evaluate it without deadlocking.
@@ -633,30 +649,45 @@ class ParallelDQN(DQN):
             # call counter so that the next update falls on the same global step as with the old layout.
             self._n_calls = self._n_calls * self._global_envs // global_envs
         self._global_envs = global_envs
+        if self._episode_stats_rank != self._rank:
+            # Loaded from rank 0's file: these are rank 0's episodes, which rank 0 itself counts in the global means.
+            self.ep_info_buffer = self.ep_success_buffer = None  # SB3 starts new ones below
+        self._episode_stats_rank = self._rank
+        if reset_num_timesteps or self._last_obs is None:
+            # SB3 resets the envs below: the newest stored transition of each env is the end of a cut episode.
+            truncate_last_transitions(self.replay_buffer)
         return super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
 
-    def _check_lockstep(self, total_timesteps: int, reset_num_timesteps: bool) -> None:
-        """Refuse, on every rank at once, settings that would make ranks call collectives a different number of times."""
+    def _check_lockstep(self, **learn_settings: Any) -> None:
+        """
+        Refuse, on every rank at once and before any training collective, settings that differ across ranks: those
+        that change how many collectives a rank calls or their sizes (a deadlock, or a crash inside MPI), and those
+        that would make the ranks train different models. One ``allgather`` of a small dict.
+        """
         assert isinstance(self.train_freq, TrainFreq)
         if self.train_freq.unit != TrainFrequencyUnit.STEP:
             raise LockstepError(
                 f"train_freq=({self.train_freq.frequency}, {self.train_freq.unit.value!r}) counts episodes, which ranks "
                 "finish at different times: with several MPI ranks, give train_freq in steps."
             )
+        buffer_class = type(self.replay_buffer) if self.replay_buffer is not None else self.replay_buffer_class
         settings = {
             "n_envs": self.n_envs,
             "train_freq": self.train_freq.frequency,
             "gradient_steps": self.gradient_steps,
-            "total_timesteps": total_timesteps,
-            "reset_num_timesteps": int(reset_num_timesteps),
-            "num_timesteps": 0 if reset_num_timesteps else self.num_timesteps,
+            "batch_size": self.batch_size,
             "learning_starts": self.learning_starts,
             "sync_check_interval": self.sync_check_interval,
+            "n_steps": self.n_steps,
+            "double_q": self.double_q,
+            "replay_buffer_class": None if buffer_class is None else buffer_class.__qualname__,
+            "parameters": [tuple(tensor.shape) for tensor in self.policy.state_dict().values()],
+            **learn_settings,
         }
-        table = mpi_tools.allgather(np.array(list(settings.values()), dtype=np.int64))
-        differing = [
-            f"{name}: {table[:, i].tolist()}" for i, name in enumerate(settings) if (table[:, i] != table[0, i]).any()
-        ]
+        by_rank = mpi_tools.allgather_object(settings)
+        differing = [f"{name}: {[values[name] for values in by_rank]}" for name in settings if any(
+            values[name] != settings[name] for values in by_rank
+        )]  # fmt: skip
         if differing:
             details = "; ".join(differing)
             raise LockstepError(
@@ -742,12 +773,19 @@ def set_torch_threads(torch_num_threads: int | None) -> None:
         th.set_num_threads(torch_num_threads)
 
 
-def pick_device(device: th.device | str) -> th.device | str:
-    """``"auto"`` under MPI spreads ranks over the host's GPUs: ``cuda:{local_rank % n_gpus}``."""
+def pick_device(device: th.device | str, collective: bool = False) -> th.device | str:
+    """
+    ``"auto"`` under MPI spreads ranks over the host's GPUs: ``cuda:{local_rank % n_gpus}``.
+
+    The local rank comes from the launcher's environment (:func:`mpi_tools.local_rank`), which needs no collective, so
+    that one rank alone may pick a device (``ParallelDQN.load`` on rank 0). Where the launcher does not publish it,
+    ``collective=True`` (only where every rank runs: the constructor) computes it once for the process; otherwise the
+    global rank stands in for it.
+    """
     if device != "auto" or mpi_tools.world_size() == 1:
         return device
-    # local_rank() is collective, so every rank computes it, with or without a GPU.
-    local_rank = mpi_tools.local_rank()
+    local_rank = mpi_tools.compute_local_rank() if collective else mpi_tools.local_rank()
     if th.cuda.is_available():
-        return th.device(f"cuda:{local_rank % th.cuda.device_count()}")
+        index = mpi_tools.rank() if local_rank is None else local_rank
+        return th.device(f"cuda:{index % th.cuda.device_count()}")
     return device

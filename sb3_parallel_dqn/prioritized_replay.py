@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch as th
 from gymnasium import spaces
+from stable_baselines3 import HerReplayBuffer
 from stable_baselines3.common.buffers import NStepReplayBuffer, ReplayBuffer
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.vec_env import VecNormalize
@@ -177,12 +178,12 @@ class PrioritizedReplayBuffer(NStepReplayBuffer):
     @contextlib.contextmanager
     def _one_env_view(self, env_index: int) -> Iterator[None]:
         """Within the block, the storage arrays are views of env ``env_index`` alone and ``n_envs`` is 1."""
-        saved = {name: getattr(self, name) for name in _PER_ENV_ARRAYS}
+        # With optimize_memory_usage SB3 never creates next_observations (the next row's observation is the next one).
+        saved = {name: getattr(self, name) for name in _PER_ENV_ARRAYS if hasattr(self, name)}
         n_envs = self.n_envs
         try:
             for name, array in saved.items():
-                if array is not None:  # next_observations with optimize_memory_usage
-                    setattr(self, name, array[:, env_index : env_index + 1])
+                setattr(self, name, array[:, env_index : env_index + 1])
             self.n_envs = 1
             yield
         finally:
@@ -193,3 +194,27 @@ class PrioritizedReplayBuffer(NStepReplayBuffer):
 
 # The arrays of shape (buffer_size, n_envs, ...) that SB3's _get_samples indexes by env.
 _PER_ENV_ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
+
+
+def truncate_last_transitions(replay_buffer: ReplayBuffer | None) -> None:
+    """
+    Mark the newest stored transition of every env as the end of its episode (a truncation), because collection is
+    about to restart from a fresh ``reset()`` (a new ``learn`` with ``reset_num_timesteps=True``, or the first
+    ``learn`` after ``load``): otherwise n-step returns (``NStepReplayBuffer``, :class:`PrioritizedReplayBuffer`)
+    chain that transition into the new episode's first steps.
+
+    A truncation, not a termination: the transition keeps its own next observation to bootstrap from (1-step targets
+    are unchanged), and n-step returns stop there. With ``optimize_memory_usage`` that next observation is the row
+    the new episode's first observation overwrites, so the transition becomes terminal instead, as SB3 does on
+    ``reset_num_timesteps=True`` (https://github.com/DLR-RM/stable-baselines3/issues/46). ``HerReplayBuffer``
+    tracks episodes itself and is left alone.
+    """
+    if replay_buffer is None or isinstance(replay_buffer, HerReplayBuffer):
+        return
+    if replay_buffer.pos == 0 and not replay_buffer.full:
+        return  # empty
+    last = (replay_buffer.pos - 1) % replay_buffer.buffer_size
+    if replay_buffer.optimize_memory_usage:
+        replay_buffer.dones[last] = 1.0
+    else:
+        replay_buffer.timeouts[last] = np.maximum(replay_buffer.timeouts[last], 1.0 - replay_buffer.dones[last])

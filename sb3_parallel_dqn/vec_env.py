@@ -38,6 +38,15 @@ _CLOSE_WAIT_S = 10.0
 _MAX_TRACEBACK_CHARS = 20_000
 
 
+# What to do when an env worker dies while starting under mpirun: the one case the package cannot prevent.
+MPI_INIT_HINT = (
+    "If the worker's output says 'PMI_Init returned -1' (or another MPI_Init failure), it re-imported a script that "
+    "imports mpi4py and tried to join this MPI job, because it inherited the launcher's variables (PMI_*, OMPI_*...): "
+    "import sb3_parallel_dqn before building any SubprocVecEnv (it removes them once MPI is initialised), or use "
+    "start_method='fork'"
+)
+
+
 class EnvWorkerError(RuntimeError):
     """
     An env worker process of a :class:`ParallelSubprocVecEnv` died or raised an exception.
@@ -223,6 +232,7 @@ class ParallelSubprocVecEnv(SubprocVecEnv):
         # (It cannot be reused through super(): it looks up its own module's _worker.)
         self.waiting = False
         self.closed = False
+        self._starting = True
         self._failure: EnvWorkerError | None = None
         # Before starting any worker: make_parallel_vec_env starts them with the MPI launcher's variables removed,
         # under which mpi_tools would no longer know it runs under MPI if this were its first call.
@@ -259,6 +269,7 @@ class ParallelSubprocVecEnv(SubprocVecEnv):
             observation_space, action_space = self.remotes[0].recv()
             # (VecEnv.__init__ asks every worker for its render mode: an env that failed to build is reported here.)
             super(SubprocVecEnv, self).__init__(len(env_fns), observation_space, action_space)
+            self._starting = False
         except EnvWorkerError:
             self.close()  # the caller never gets this object, so nobody else could stop the other workers
             raise
@@ -316,7 +327,10 @@ class ParallelSubprocVecEnv(SubprocVecEnv):
         for other, other_process in enumerate(self.processes):
             if other != index and other_process.exitcode is not None:
                 descriptions.append(f"{self._worker_name(other)} died: {_describe_exit(other_process.exitcode)}")
-        return self._fail(index, "; ".join(descriptions), exitcode=process.exitcode)
+        message = "; ".join(descriptions)
+        if self._starting and mpi_tools.launched_by_mpi():
+            message += f". {MPI_INIT_HINT}"
+        return self._fail(index, message, exitcode=process.exitcode)
 
     def _worker_raised(self, index: int, worker_traceback: str) -> EnvWorkerError:
         message = f"{self._worker_name(index)} raised an exception:\n{worker_traceback.rstrip()}"

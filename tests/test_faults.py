@@ -17,7 +17,7 @@ import pytest
 import torch as th
 from conftest import MPI_SCRIPTS, REPO_DIR, check_ok, mpirun_path, run_mpi, run_python
 
-from sb3_parallel_dqn import ParallelDQN, UnsupportedSpaceError
+from sb3_parallel_dqn import ParallelDQN, UnsupportedSpaceError, stop_on_signals
 from sb3_parallel_dqn.checkpoints import list_checkpoints
 from sb3_parallel_dqn.hyperparams import ConfigError
 
@@ -207,3 +207,21 @@ def test_bad_input_under_mpirun_is_reported_once(tmp_path):
 def test_python_api_refuses_bad_values(kwargs, key):
     with pytest.raises(ConfigError, match=f"key '{key}'"):
         ParallelDQN("MlpPolicy", "CartPole-v1", **kwargs)
+
+
+def test_a_signal_stops_only_the_learn_it_reached():
+    """
+    Regression (issue 12, item 3): a stop request used to outlive its stop_on_signals() block, so every later
+    learn() stopped after one rollout, silently. Now the learn() it stopped consumes it, and the block forgets it.
+    """
+    kwargs = {"learning_starts": 50, "buffer_size": 1_000, "policy_kwargs": {"net_arch": [16]}, "train_freq": 16}
+    model = ParallelDQN("MlpPolicy", "CartPole-v1", **kwargs)
+    with stop_on_signals():
+        os.kill(os.getpid(), signal.SIGTERM)  # recorded by the handler, not fatal
+        model.learn(400)
+        assert model.stopped_by_signal == signal.SIGTERM and model.num_timesteps == 16  # one rollout
+        model.learn(400)  # same block, no new signal: the whole budget
+        assert model.stopped_by_signal is None and model.num_timesteps == 400
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives after the last rollout: nobody acts on it in the block
+    model.learn(400)  # outside the block: SB3's behaviour, the whole budget
+    assert model.stopped_by_signal is None and model.num_timesteps == 400

@@ -13,6 +13,7 @@ from sb3_parallel_dqn.mpi_pytorch import GradientAverager, check_synced, module_
 def test_helpers_without_mpi():
     assert mpi_tools.comm() is None  # pytest does not run under mpirun, and nothing imported mpi4py.MPI
     assert (mpi_tools.rank(), mpi_tools.world_size(), mpi_tools.local_rank(), mpi_tools.is_root()) == (0, 1, 0, True)
+    assert mpi_tools.compute_local_rank() == 0 and mpi_tools.allgather_object({"a": 1}) == [{"a": 1}]
     array = np.arange(3.0)
     assert mpi_tools.allreduce_sum_(array) is array and array.tolist() == [0.0, 1.0, 2.0]
     assert mpi_tools.allgather(np.array([4, 5])).tolist() == [[4, 5]]
@@ -20,14 +21,23 @@ def test_helpers_without_mpi():
     assert mpi_tools.broadcast_object({"a": 1}) == {"a": 1}
 
 
-def test_launcher_env_is_removed_only_inside_the_block(monkeypatch):
-    monkeypatch.setenv("PMI_RANK", "1")
-    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
-    monkeypatch.setenv("HOME_LIKE_VAR", "kept")
-    with mpi_tools.launcher_env_removed():
-        assert "PMI_RANK" not in os.environ and "OMPI_COMM_WORLD_SIZE" not in os.environ
-        assert os.environ["HOME_LIKE_VAR"] == "kept"
-    assert os.environ["PMI_RANK"] == "1" and os.environ["OMPI_COMM_WORLD_SIZE"] == "2"
+def test_launcher_env_is_hidden_for_good_but_remembered(monkeypatch):
+    """Once hidden, the launcher's variables reach no child process, while the package still reads its own copy."""
+    for key, value in {"PMI_RANK": "1", "PMI_SIZE": "2", "MPI_LOCALRANKID": "1", "HOME_LIKE_VAR": "kept"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(mpi_tools, "_LAUNCHER_ENV", {"PMI_RANK": "1", "PMI_SIZE": "2", "MPI_LOCALRANKID": "1"})
+    mpi_tools.hide_launcher_env()
+    assert not {"PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"} & set(os.environ) and os.environ["HOME_LIKE_VAR"] == "kept"
+    assert (mpi_tools.launcher_rank(), mpi_tools.launcher_world_size()) == (1, 2)
+    assert mpi_tools.launched_by_mpi()
+
+
+def test_env_workers_never_count_as_launched(monkeypatch):
+    """A worker that inherited the launcher's variables must not try to join the job (it would crash in MPI_Init)."""
+    monkeypatch.setattr(mpi_tools, "_LAUNCHER_ENV", {"PMI_SIZE": "2"})
+    assert mpi_tools.launched_by_mpi()
+    monkeypatch.setattr(mpi_tools.mp.current_process(), "name", "SpawnProcess-1")  # as while a worker imports __main__
+    assert not mpi_tools.launched_by_mpi()
 
 
 def _net_and_loss():

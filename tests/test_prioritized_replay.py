@@ -111,6 +111,36 @@ def test_optimize_memory_usage_never_draws_the_overwritten_row():
         PrioritizedReplayBuffer(10, OBSERVATION_SPACE, ACTION_SPACE, optimize_memory_usage=True, n_steps=3)
 
 
+def test_optimize_memory_usage_with_several_envs_samples_as_sb3():
+    """Regression (issue 12, item 4): the one-env views read next_observations, which SB3 never creates here."""
+    from stable_baselines3.common.buffers import ReplayBuffer
+
+    kwargs = {"optimize_memory_usage": True, "handle_timeout_termination": False}
+    ours = _filled_buffer(33, n_envs=2, buffer_size=20, **kwargs)  # wrapped around
+    assert not hasattr(ours, "next_observations")
+    np.random.seed(2)
+    samples, _, leaves = ours.sample_prioritized(64)
+    rows, envs = np.divmod(leaves, 2)
+    for env in range(2):
+        single = ReplayBuffer(ours.buffer_size, OBSERVATION_SPACE, ACTION_SPACE, device="cpu", **kwargs)
+        for name in ("observations", "actions", "rewards", "dones", "timeouts"):
+            setattr(single, name, getattr(ours, name)[:, env : env + 1].copy())
+        single.pos, single.full = ours.pos, ours.full
+        expected = single._get_samples(rows[envs == env])
+        for name in ("observations", "actions", "next_observations", "dones", "rewards"):
+            np.testing.assert_array_equal(
+                getattr(samples, name)[th.as_tensor(envs == env)], getattr(expected, name), err_msg=name
+            )
+
+
+def test_optimize_memory_usage_with_several_envs_trains():
+    model = _per_model(
+        n_envs=2, vec_env_cls="dummy", optimize_memory_usage=True, replay_buffer_kwargs={"handle_timeout_termination": False}
+    )
+    model.learn(400)
+    assert model._n_updates > 0
+
+
 def test_dict_observations_are_refused():
     with pytest.raises(ValueError, match="Dict"):
         PrioritizedReplayBuffer(10, spaces.Dict({"a": OBSERVATION_SPACE}), ACTION_SPACE)

@@ -90,3 +90,37 @@ def test_n_step_model_loads_with_its_n_step_buffer_and_no_warning(tmp_path):
 
 class _MyBuffer(ReplayBuffer):
     """A user's replay buffer class."""
+
+
+def _n_step_sample(buffer, row: int):
+    """The n-step sample of one stored row (env 0), as NStepReplayBuffer computes it."""
+    return buffer._get_samples(np.array([row]))
+
+
+@pytest.mark.parametrize("resume", ["load", "reset_num_timesteps"])
+def test_restarted_collection_does_not_chain_the_cut_episode(tmp_path, resume):
+    """
+    Regression (issue 12, item 5): after load + load_replay_buffer + learn(reset_num_timesteps=False), or a second
+    learn(reset_num_timesteps=True), the envs are reset; the newest stored row must stay the end of its (cut) episode
+    instead of chaining into the new episode's first steps in n-step returns.
+    """
+    kwargs = {"learning_starts": 50, "buffer_size": 1_000, "policy_kwargs": {"net_arch": [16]}, "n_steps": 3, "seed": 3}
+    model = ParallelDQN("MlpPolicy", "CartPole-v1", **kwargs).learn(203)
+    buffer = model.replay_buffer
+    last = buffer.pos - 1
+    assert buffer.dones[last, 0] == 0 and buffer.timeouts[last, 0] == 0, "the run must end mid-episode"
+    before = _n_step_sample(buffer, last)  # NStepReplayBuffer cuts at pos - 1 itself while it is the newest row
+    assert before.discounts.item() == pytest.approx(model.gamma)  # a 1-step return
+
+    if resume == "load":
+        model.save(tmp_path / "model")
+        model.save_replay_buffer(tmp_path / "buffer")
+        model = ParallelDQN.load(tmp_path / "model", env=model.get_env())
+        model.load_replay_buffer(tmp_path / "buffer")
+        model.learn(40, reset_num_timesteps=False)
+    else:
+        model.learn(40, reset_num_timesteps=True)
+    after = _n_step_sample(model.replay_buffer, last)
+    assert model.replay_buffer.pos == last + 1 + 40  # newer rows exist: nothing cuts at `last` by accident
+    for name in ("observations", "actions", "next_observations", "dones", "rewards", "discounts"):
+        np.testing.assert_array_equal(getattr(after, name), getattr(before, name), err_msg=name)

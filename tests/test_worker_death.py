@@ -192,3 +192,20 @@ def test_killed_worker_under_mpirun_ends_the_job_with_its_name():
     assert result.stderr.count("uncaught exception, aborting the MPI job") == 1, output
     print(f"mpirun exited {end - kill_time:.2f} s after the kill")
     assert end - kill_time < 30, output
+
+
+def exits_at_once() -> gym.Env:
+    os._exit(3)  # as a worker that crashes in MPI_Init would
+
+
+def test_worker_dying_at_start_under_mpi_says_what_to_do(monkeypatch):
+    """Where a worker still inherited the launcher's variables, the error says how to avoid it (issue 12, item 1)."""
+    from sb3_parallel_dqn import mpi_tools
+
+    monkeypatch.setattr(mpi_tools, "launched_by_mpi", lambda: True)
+    with pytest.raises(EnvWorkerError, match=r"exited with code 3.*import sb3_parallel_dqn before building any SubprocVecEnv"):
+        ParallelSubprocVecEnv([exits_at_once], start_method="fork")
+    monkeypatch.undo()
+    with pytest.raises(EnvWorkerError) as caught:  # without MPI, no such advice
+        ParallelSubprocVecEnv([exits_at_once], start_method="fork")
+    assert "PMI_Init" not in str(caught.value)

@@ -1,4 +1,8 @@
-"""A callback stops training on rank 1 only: every rank must leave learn() cleanly, at the same rollout."""
+"""
+A callback stops training on rank 1 only, mid-rollout: every rank must leave learn() cleanly at the same rollout, and
+agree on what happened (global step count, episode count, checkpoint). Then every rank loads rank 0's model file and
+resumes: each rank's episode statistics must hold its own episodes only (the file holds rank 0's).
+"""
 
 import json
 import sys
@@ -7,28 +11,46 @@ from pathlib import Path
 from stable_baselines3.common.callbacks import BaseCallback
 
 from sb3_parallel_dqn import ParallelDQN, mpi_tools
+from sb3_parallel_dqn.checkpoints import ParallelCheckpointCallback
 
 
 class StopOnRankOne(BaseCallback):
     def _on_step(self) -> bool:
-        return not (mpi_tools.rank() == 1 and self.n_calls >= 150)
+        return not (mpi_tools.rank() == 1 and self.n_calls >= 140)
+
+
+def monitor_episodes(model: ParallelDQN) -> int:
+    return len(model.get_env().envs[0].get_episode_rewards())  # type: ignore[attr-defined]
 
 
 if __name__ == "__main__":
     out_dir = Path(sys.argv[1])
-    model = ParallelDQN(
-        "MlpPolicy",
-        "CartPole-v1",
-        learning_starts=100,
-        train_freq=16,
-        gradient_steps=4,
-        policy_kwargs={"net_arch": [16]},
-        seed=0,
-    )
-    model.learn(50_000, callback=StopOnRankOne())
-    info = {"num_timesteps": model.num_timesteps, "n_updates": model._n_updates}
+    rank = mpi_tools.rank()
+    kwargs = {"learning_starts": 100, "train_freq": 16, "gradient_steps": 4, "policy_kwargs": {"net_arch": [16]}}
+    model = ParallelDQN("MlpPolicy", "CartPole-v1", seed=0, **kwargs)
+    # Rank 1 stops at its step 140 (global 280 by its count), rank 0 at the end of that rollout (its step 144, global
+    # 288 by its count): the checkpoint due at 280 global steps must be written by both ranks or by neither.
+    checkpoints = ParallelCheckpointCallback(save_freq=280, save_path=str(out_dir / "ckpt"), save_replay_buffer=True)
+    model.learn(50_000, callback=[StopOnRankOne(), checkpoints])
+    info = {
+        "num_timesteps": model.num_timesteps,
+        "n_updates": model._n_updates,
+        "episode_num": model._episode_num,
+        "monitor_episodes": monitor_episodes(model),
+    }
     # The ranks agree on the step count, so training can go on from there.
     model.learn(64, reset_num_timesteps=False)
     info["num_timesteps_after_more"] = model.num_timesteps
-    (out_dir / f"stop_rank{mpi_tools.rank()}.json").write_text(json.dumps(info))
-    print(f"rank {mpi_tools.rank()} left learn() at {model.num_timesteps} steps", flush=True)
+    model.save(out_dir / "model")
+    mpi_tools.comm().Barrier()  # type: ignore[union-attr]
+
+    # Every rank resumes from rank 0's file: rank 1 must not count rank 0's restored episodes as its own.
+    resumed = ParallelDQN.load(out_dir / "model", env=model.get_env())
+    restored = len(resumed.ep_info_buffer)  # type: ignore[arg-type]
+    episodes_before = monitor_episodes(resumed)
+    resumed.learn(64, reset_num_timesteps=False)
+    info["restored_episodes"] = restored
+    info["episodes_after_resume"] = len(resumed.ep_info_buffer)  # type: ignore[arg-type]
+    info["new_monitor_episodes"] = monitor_episodes(resumed) - episodes_before
+    (out_dir / f"stop_rank{rank}.json").write_text(json.dumps(info))
+    print(f"rank {rank} left learn() at {model.num_timesteps} steps", flush=True)

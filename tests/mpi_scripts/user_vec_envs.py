@@ -1,0 +1,40 @@
+"""
+The SB3 habits of an MPI user, under ``mpirun -np 2``:
+
+- ``from mpi4py import MPI`` first, then ``make_vec_env(..., vec_env_cls=SubprocVecEnv)`` with SB3's default start
+  method, ``forkserver`` and ``spawn`` (spawn/forkserver workers re-import this script, and with it mpi4py: they
+  crashed in ``MPI_Init``, ``PMI_Init returned -1``, while they inherited the launcher's variables);
+- rank 0 alone loads a model (``device="auto"``) before any model was built: this used to hang in a collective
+  that the other rank never joined.
+
+Usage: ``user_vec_envs.py MODEL.zip``. Prints one OK line per property and rank.
+"""
+
+import sys
+
+import numpy as np
+from mpi4py import MPI
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import SubprocVecEnv
+
+from sb3_parallel_dqn import ParallelDQN
+from sb3_parallel_dqn.mpi_pytorch import module_checksum
+
+if __name__ == "__main__":
+    world = MPI.COMM_WORLD
+    rank = world.Get_rank()
+    if rank == 0:
+        alone = ParallelDQN.load(sys.argv[1])  # device="auto"
+        alone.predict(np.zeros((1, 4), dtype=np.float32), deterministic=True)
+        print(f"rank 0 loaded alone on {alone.device}: OK", flush=True)
+    world.Barrier()
+
+    for start_method in (None, "forkserver", "spawn"):  # None: SB3's default (forkserver where available)
+        vec_env_kwargs = {} if start_method is None else {"start_method": start_method}
+        env = make_vec_env("CartPole-v1", n_envs=2, vec_env_cls=SubprocVecEnv, vec_env_kwargs=vec_env_kwargs, seed=0)
+        model = ParallelDQN("MlpPolicy", env, learning_starts=100, policy_kwargs={"net_arch": [16]}, seed=0)
+        model.learn(600)
+        checksums = world.allgather(module_checksum(model.policy))
+        env.close()
+        same = checksums[0] == checksums[1] and model.num_timesteps >= 600
+        print(f"rank {rank} SubprocVecEnv start_method={start_method}: {'OK' if same else checksums}", flush=True)
