@@ -1,32 +1,59 @@
-"""Stable-Baselines3 DQN with parallel rollouts and MPI data-parallel gradient updates.
+"""
+Stable-Baselines3 DQN with parallel rollouts and MPI data-parallel gradient updates.
 
-Importing the package does not initialise MPI; that happens on first use, and only under an MPI launcher.
+In a plain process, importing the package never touches MPI. Under an MPI launcher (``mpirun``, ``srun``) it
+initialises MPI at once and takes the launcher's variables out of the environment, so that the env workers that a
+script starts afterwards (its own ``SubprocVecEnv`` too, with any start method) never try to join the job: see
+:func:`sb3_parallel_dqn.distributed.comm.init_if_launched`. The public names below are imported when first used
+(PEP 562), so that the command lines that need neither torch nor SB3 (``python -m sb3_parallel_dqn.plot``) start fast.
 """
 
+import importlib
 import os
+from typing import TYPE_CHECKING, Any
 
-from sb3_parallel_dqn import mpi_tools
-from sb3_parallel_dqn.env_util import make_parallel_vec_env
-from sb3_parallel_dqn.interrupt import stop_on_signals
-from sb3_parallel_dqn.mpi_pytorch import WeightsDivergedError
-from sb3_parallel_dqn.parallel_dqn import LockstepError, NonFiniteError, ParallelDQN, UnsupportedSpaceError
-from sb3_parallel_dqn.policies import CnnPolicy, DuelingQNetwork, MlpPolicy, MultiInputPolicy
-from sb3_parallel_dqn.prioritized_replay import PrioritizedReplayBuffer
-from sb3_parallel_dqn.safe_load import ModelFileError, UnsafeModelFileError, load_weights_only
-from sb3_parallel_dqn.vec_env import EnvWorkerError, ParallelSubprocVecEnv
+from sb3_parallel_dqn.distributed import comm
 
-# If the script initialised MPI already (`from mpi4py import MPI` first), env workers started from now on, by anyone,
-# must not inherit the launcher's variables (see mpi_tools.hide_launcher_env); otherwise comm() hides them when it
-# initialises MPI.
-mpi_tools.hide_launcher_env_if_initialized()
+# Env workers started from now on, by anyone, must not inherit the launcher's variables (see comm.init_if_launched).
+comm.init_if_launched()
 
-# Read version from file
-version_file = os.path.join(os.path.dirname(__file__), "version.txt")
-with open(version_file) as file_handler:
-    __version__ = file_handler.read().strip()
+if TYPE_CHECKING:
+    from sb3_parallel_dqn.distributed.gradients import WeightsDivergedError
+    from sb3_parallel_dqn.distributed.lockstep import LockstepError
+    from sb3_parallel_dqn.envs import EnvWorkerError, ParallelSubprocVecEnv, make_parallel_vec_env
+    from sb3_parallel_dqn.interrupt import stop_on_signals
+    from sb3_parallel_dqn.losses import NonFiniteError
+    from sb3_parallel_dqn.parallel_dqn import ParallelDQN
+    from sb3_parallel_dqn.policies import CnnPolicy, DuelingQNetwork, MlpPolicy, MultiInputPolicy
+    from sb3_parallel_dqn.prioritized_replay import PrioritizedReplayBuffer
+    from sb3_parallel_dqn.safe_load import ModelFileError, UnsafeModelFileError, load_weights_only
+    from sb3_parallel_dqn.validation import ConfigError, UnsupportedSpaceError
+
+# Public name -> the module that defines it.
+_PUBLIC = {
+    "CnnPolicy": "policies",
+    "ConfigError": "validation",
+    "DuelingQNetwork": "policies",
+    "EnvWorkerError": "envs",
+    "LockstepError": "distributed.lockstep",
+    "MlpPolicy": "policies",
+    "ModelFileError": "safe_load",
+    "MultiInputPolicy": "policies",
+    "NonFiniteError": "losses",
+    "ParallelDQN": "parallel_dqn",
+    "ParallelSubprocVecEnv": "envs",
+    "PrioritizedReplayBuffer": "prioritized_replay",
+    "UnsafeModelFileError": "safe_load",
+    "UnsupportedSpaceError": "validation",
+    "WeightsDivergedError": "distributed.gradients",
+    "load_weights_only": "safe_load",
+    "make_parallel_vec_env": "envs",
+    "stop_on_signals": "interrupt",
+}
 
 __all__ = [
     "CnnPolicy",
+    "ConfigError",
     "DuelingQNetwork",
     "EnvWorkerError",
     "LockstepError",
@@ -44,3 +71,21 @@ __all__ = [
     "make_parallel_vec_env",
     "stop_on_signals",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)
+    globals()[name] = value  # once imported, an ordinary module attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])
+
+
+# Read version from file
+version_file = os.path.join(os.path.dirname(__file__), "version.txt")
+with open(version_file) as file_handler:
+    __version__ = file_handler.read().strip()

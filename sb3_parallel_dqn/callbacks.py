@@ -1,11 +1,9 @@
 """Callbacks that keep SB3's behaviour when several MPI ranks train one model."""
 
-import os
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ConvertCallback, ProgressBarCallback
+from stable_baselines3.common.type_aliases import MaybeCallback
 
-from stable_baselines3.common.callbacks import BaseCallback, ProgressBarCallback
-
-from sb3_parallel_dqn import mpi_tools
-from sb3_parallel_dqn.zoo_env import save_vecnormalize
+from sb3_parallel_dqn.distributed import lockstep
 
 
 class GlobalProgressBarCallback(ProgressBarCallback):
@@ -17,25 +15,14 @@ class GlobalProgressBarCallback(ProgressBarCallback):
 
     def _on_step(self) -> bool:
         # Every rank steps ``num_envs`` envs per call, in lockstep with this one.
-        self.pbar.update(self.training_env.num_envs * mpi_tools.world_size())
+        self.pbar.update(lockstep.global_envs(self.training_env.num_envs))
         return True
 
 
-class SaveVecNormalizeCallback(BaseCallback):
-    """
-    Save the training envs' ``VecNormalize`` statistics (rank 0's) to ``save_path`` whenever it is called, e.g. as
-    ``EvalCallback(callback_on_new_best=...)``, so that the best model is kept with its statistics (as the zoo does).
-    Does nothing when the envs are not normalized.
-
-    :param save_path: the ``.pkl`` file to write (atomically)
-    """
-
-    def __init__(self, save_path: str | os.PathLike[str], verbose: int = 0) -> None:
-        super().__init__(verbose)
-        self.save_path = save_path
-
-    def _on_step(self) -> bool:
-        saved = save_vecnormalize(self.model.get_vec_normalize_env(), self.save_path)
-        if saved is not None and self.verbose >= 2:
-            print(f"Saving VecNormalize to {saved}")
-        return True
+def with_global_progress_bar(callback: MaybeCallback, is_root: bool) -> BaseCallback:
+    """``callback`` as one ``BaseCallback`` (as SB3's ``_init_callback`` makes it), with the job's progress bar on rank 0."""
+    if isinstance(callback, list):
+        callback = CallbackList(callback)
+    if not isinstance(callback, BaseCallback):
+        callback = ConvertCallback(callback)
+    return CallbackList([callback, GlobalProgressBarCallback()]) if is_root else callback

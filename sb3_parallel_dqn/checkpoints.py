@@ -17,15 +17,18 @@ File layout, as SB3's ``CheckpointCallback`` and the zoo, with one replay buffer
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import pathlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, overload
 
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import CheckpointCallback
+from stable_baselines3.common.vec_env import VecEnv, unwrap_vec_normalize
 
-from sb3_parallel_dqn import mpi_tools
+from sb3_parallel_dqn.distributed import comm
 
 _CHECKPOINT = re.compile(r"rl_model_(\d+)_steps\.zip")
 
@@ -66,12 +69,56 @@ def atomic_path(path: str | os.PathLike[str], suffix: str) -> Iterator[pathlib.P
             os.close(folder)
 
 
-def rank_path(path: pathlib.Path, rank: int, world_size: int) -> pathlib.Path:
-    """``replay_buffer.pkl`` with one process, ``replay_buffer.rank<r>.pkl`` for rank r of several."""
+def write_atomically(path: str | os.PathLike[str] | io.BufferedIOBase, suffix: str, write: Callable[[Any], None]) -> None:
+    """``write(path)`` through :func:`atomic_path`; a file object is written to directly."""
+    if isinstance(path, io.BufferedIOBase):
+        write(path)
+        return
+    with atomic_path(path, suffix) as temporary:
+        write(temporary)
+
+
+@overload
+def rank_path(path: io.BufferedIOBase, rank: int | None = None, world_size: int | None = None) -> io.BufferedIOBase: ...
+@overload
+def rank_path(path: str | os.PathLike[str], rank: int | None = None, world_size: int | None = None) -> pathlib.Path: ...
+def rank_path(
+    path: str | os.PathLike[str] | io.BufferedIOBase, rank: int | None = None, world_size: int | None = None
+) -> pathlib.Path | io.BufferedIOBase:
+    """
+    This rank's file of a per-rank pickle (a replay buffer shard): ``replay_buffer.pkl`` with one process,
+    ``replay_buffer.rank<r>.pkl`` for rank r of several. ``.pkl`` is added when ``path`` has no suffix, as SB3 does.
+    A file object is its own.
+    """
+    if isinstance(path, io.BufferedIOBase):
+        return path
+    path = pathlib.Path(path)
+    rank = comm.rank() if rank is None else rank
+    world_size = comm.world_size() if world_size is None else world_size
+    if path.suffix == "":
+        path = pathlib.Path(f"{path}.pkl")
     if world_size == 1:
         return path
     stem = path.name[: -len(".pkl")] if path.name.endswith(".pkl") else path.name
     return path.with_name(f"{stem}.rank{rank}.pkl")
+
+
+def save_vecnormalize(env: VecEnv | None, path: str | os.PathLike[str]) -> pathlib.Path | None:
+    """
+    Save the ``VecNormalize`` statistics of ``env`` (found anywhere in its wrappers) to ``path``, atomically, on rank 0
+    only: each rank normalises with its own running statistics (its envs are i.i.d. copies, so they agree up to
+    sampling noise), and rank 0's are the ones kept, as its model is.
+
+    :param env: the training env, e.g. ``model.get_env()`` or ``model.get_vec_normalize_env()``; None is allowed
+    :param path: the file; its folder is created
+    :return: the path written, or None when there is no ``VecNormalize`` or this is not rank 0
+    """
+    vec_normalize = None if env is None else unwrap_vec_normalize(env)
+    if vec_normalize is None or not comm.is_root():
+        return None
+    with atomic_path(path, "pkl") as temporary:  # a crash mid-write keeps the previous statistics
+        vec_normalize.save(str(temporary))
+    return pathlib.Path(path)
 
 
 def replay_buffer_path(model_path: str | os.PathLike[str]) -> pathlib.Path:
@@ -169,7 +216,7 @@ class ParallelCheckpointCallback(CheckpointCallback):
         super()._init_callback()
         # A resumed run goes on with the original run's schedule of checkpoints.
         self._next_save = (self.model.num_timesteps // self.save_freq + 1) * self.save_freq
-        if not mpi_tools.is_root():
+        if not comm.is_root():
             self.verbose = 0
 
     def _on_step(self) -> bool:
@@ -224,15 +271,15 @@ def save_checkpoint(
         model.save_replay_buffer(path)  # type: ignore[attr-defined]
         if verbose >= 2:
             print(f"Saving model replay buffer checkpoint to {path}")
-    vec_normalize = model.get_vec_normalize_env()
-    if save_vecnormalize and vec_normalize is not None and mpi_tools.is_root():
-        path = folder / f"{name_prefix}_vecnormalize_{step}_steps.pkl"
-        with atomic_path(path, "pkl") as temporary:
-            vec_normalize.save(str(temporary))
-        if verbose >= 2:
-            print(f"Saving model VecNormalize to {path}")
+    if save_vecnormalize:
+        saved = _save_vecnormalize(model.get_vec_normalize_env(), folder / f"{name_prefix}_vecnormalize_{step}_steps.pkl")
+        if saved is not None and verbose >= 2:
+            print(f"Saving model VecNormalize to {saved}")
     model_path = folder / f"{name_prefix}_{step}_steps.zip"
     model.save(model_path)
     if verbose >= 2:
         print(f"Saving model checkpoint to {model_path}")
     return model_path
+
+
+_save_vecnormalize = save_vecnormalize  # save_checkpoint's flag of the same name hides the function there

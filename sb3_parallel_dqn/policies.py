@@ -115,3 +115,20 @@ def dueling_policy_class(policy_class: type[sb3_policies.DQNPolicy]) -> type[DQN
             f"sb3_parallel_dqn.policies.DQNPolicy, not {policy_class.__qualname__}"
         )
     return _DUELING_CLASSES[policy_class]
+
+
+def resolve_dueling(
+    policy_class: type[sb3_policies.DQNPolicy], policy_kwargs: dict[str, Any]
+) -> tuple[type[sb3_policies.DQNPolicy], dict[str, Any]]:
+    """
+    The policy class and keyword arguments that build what ``policy_kwargs["dueling"]`` asks for. SB3's policies take
+    no ``dueling`` argument: ``dueling=True`` swaps in this module's class, ``dueling=False`` keeps SB3's own (whose
+    model files load without this package) and drops the key, in a new dict (the user's own must not change).
+    """
+    if "dueling" not in policy_kwargs:
+        return policy_class, policy_kwargs
+    if policy_kwargs["dueling"]:
+        return dueling_policy_class(policy_class), policy_kwargs
+    if issubclass(policy_class, DQNPolicy):
+        return policy_class, policy_kwargs
+    return policy_class, {key: value for key, value in policy_kwargs.items() if key != "dueling"}

@@ -218,3 +218,16 @@ def truncate_last_transitions(replay_buffer: ReplayBuffer | None) -> None:
         replay_buffer.dones[last] = 1.0
     else:
         replay_buffer.timeouts[last] = np.maximum(replay_buffer.timeouts[last], 1.0 - replay_buffer.dones[last])
+
+
+def with_model_n_steps(
+    replay_buffer_class: type[ReplayBuffer] | None, replay_buffer_kwargs: dict[str, Any], n_steps: int, gamma: float
+) -> dict[str, Any]:
+    """
+    The keyword arguments for the replay buffer: a :class:`PrioritizedReplayBuffer` computes n-step returns itself
+    and gets the model's ``n_steps`` and ``gamma`` unless ``replay_buffer_kwargs`` set them (SB3 only hands them to
+    the buffer it picks itself), in a new dict (the user's own must not change).
+    """
+    if replay_buffer_class is not None and issubclass(replay_buffer_class, PrioritizedReplayBuffer):
+        return {"n_steps": n_steps, "gamma": gamma, **replay_buffer_kwargs}
+    return replay_buffer_kwargs

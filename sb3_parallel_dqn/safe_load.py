@@ -10,8 +10,8 @@ The functions here never read ``data``. They read one member of the zip, ``polic
 ``state_dict``: the Q-network and its target network), with ``torch.load(weights_only=True)``, whose restricted
 unpickler accepts tensors and plain containers only and refuses any other object before it is created. The model is
 built from what the caller says instead of what the file says: a policy name, ``policy_kwargs`` and an env
-(:func:`load_weights_only`), or a zoo config entry (:func:`load_weights_only_from_config`); the file's tensors must
-then fit that policy key for key and shape for shape.
+(:func:`load_weights_only`), or a zoo config entry (:func:`sb3_parallel_dqn.zoo.load_weights_only_from_config`); the
+file's tensors must then fit that policy key for key and shape for shape.
 
 What a weights-only load does not restore, because it lives in ``data`` or in other members: the training counters
 (``num_timesteps`` stays 0), the optimizer state (``policy.optimizer.pth``), the learning-rate and exploration
@@ -38,9 +38,7 @@ from typing import Any
 import torch as th
 from stable_baselines3.common.vec_env import VecEnv
 
-from sb3_parallel_dqn.hyperparams import DEFAULT_CONF_FILE, ConfigError, load_hyperparams
 from sb3_parallel_dqn.parallel_dqn import ParallelDQN
-from sb3_parallel_dqn.zoo_env import make_eval_env, split_hyperparams
 
 #: The zip member holding the policy's ``state_dict`` in an SB3 model file (``BaseAlgorithm.save``).
 POLICY_MEMBER = "policy.pth"
@@ -164,10 +162,10 @@ def load_weights_only(
     """
     # Read and check the file before building anything: a bad file fails fast, without envs or buffers.
     state = read_policy_state_dict(path)
-    return _build_with_weights(state, os.fspath(path), env, policy, policy_kwargs, device, model_kwargs)
+    return build_with_weights(state, os.fspath(path), env, policy, policy_kwargs, device, model_kwargs)
 
 
-def _build_with_weights(
+def build_with_weights(
     state: dict[str, th.Tensor],
     source: str,
     env: VecEnv | str,
@@ -183,61 +181,6 @@ def _build_with_weights(
     # finished training has, so that predict(deterministic=False) explores as it would after a full load.
     model.exploration_rate = model.exploration_schedule(0.0)
     return model
-
-
-def load_weights_only_from_config(
-    path: str | os.PathLike[str],
-    env_id: str,
-    conf_file: str | os.PathLike[str] | None = None,
-    *,
-    seed: int | None = None,
-    device: th.device | str = "cpu",
-    overrides: dict[str, Any] | None = None,
-    vecnormalize_path: str | os.PathLike[str] | None = None,
-) -> tuple[ParallelDQN, VecEnv]:
-    """
-    Build the model and its evaluation env from a zoo config entry, as ``scripts/train.py`` built them, and load a
-    model file's weights into the model, reading only ``policy.pth`` (see :func:`load_weights_only`).
-
-    The config is read by :func:`sb3_parallel_dqn.hyperparams.load_hyperparams` (no ``eval``); its ``policy``,
-    ``policy_kwargs``, ``env_kwargs`` and wrappers give the architecture and the env. A run folder's
-    ``<env>/config.yml`` is the config of that run. Its ``env_wrapper``, ``vec_env_wrapper`` and ``callback`` keys
-    import installed modules by name (see :mod:`sb3_parallel_dqn.zoo_env`): read a config that came with an untrusted
-    model before using it.
-
-    :param path: the model file (``.zip``)
-    :param env_id: the env id; its entry (else ``atari``, else ``default``) is used
-    :param conf_file: the zoo-format YAML file; defaults to the package's ``zoo_configs/dqn.yml``
-    :param seed: the seed of the evaluation env
-    :param device: the torch device of the model
-    :param overrides: hyperparameters that replace the entry's, as ``-params`` does
-    :param vecnormalize_path: ``VecNormalize`` statistics for an entry with ``normalize``. That file is a pickle,
-        which :meth:`VecNormalize.load` unpickles: pass it only when you trust it.
-    :return: the model and one evaluation env (``make_eval_env``); close the env when done
-    :raises ConfigError: for a bad config, or an entry with ``normalize`` but no ``vecnormalize_path``: fresh
-        statistics would silently feed the policy observations it was not trained on
-    :raises FileNotFoundError: when ``path`` does not exist
-    :raises ModelFileError: see :func:`load_weights_only`
-    """
-    hyperparams, entry = load_hyperparams(env_id, conf_file, overrides)
-    model_kwargs, settings = split_hyperparams(hyperparams)
-    if settings.normalize_kwargs is not None and vecnormalize_path is None:
-        raise ConfigError(
-            "the entry normalizes observations, and its statistics (vecnormalize.pkl) are a pickle, which a "
-            "weights-only load does not read; pass vecnormalize_path for a file you trust",
-            file=DEFAULT_CONF_FILE if conf_file is None else conf_file,
-            entry=entry,
-            key="normalize",
-        )
-    state = read_policy_state_dict(path)  # a bad file fails before the env is built
-    env = make_eval_env(env_id, settings, seed=seed, vecnormalize_path=vecnormalize_path)
-    policy_kwargs = model_kwargs.pop("policy_kwargs", None)
-    try:
-        model = _build_with_weights(state, os.fspath(path), env, settings.policy, policy_kwargs, device, model_kwargs)
-    except BaseException:
-        env.close()
-        raise
-    return model, env
 
 
 def _read_member(path: str, name: str) -> bytes:

@@ -1,10 +1,13 @@
 """Shared test helpers: MPI tests launch real ``mpirun`` processes with a timeout, so a hang fails fast."""
 
+import contextlib
+import io
 import os
 import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -73,3 +76,18 @@ def check_ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess
         f"exit code {result.returncode}: {' '.join(result.args)}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
     )
     return result
+
+
+def run_main(main: Callable[[list[str]], int], args: list) -> subprocess.CompletedProcess:
+    """
+    Run a command line's ``main(args)`` (``sb3_parallel_dqn.train.main``...) in this process, with its exit code and
+    what it printed, as :func:`run_python` returns them: the same code path without a new interpreter's seconds of
+    start-up. What only a real process shows (no traceback on stderr, the exit status) has run_python tests of its own.
+    """
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            code = main([str(arg) for arg in args])
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+    return subprocess.CompletedProcess(args, code, stdout.getvalue(), stderr.getvalue())

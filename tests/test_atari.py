@@ -13,6 +13,7 @@ pytest.importorskip("ale_py")
 ENV = "PongNoFrameskip-v4"
 
 
+@pytest.mark.slow
 def test_pong_smoke_run_under_mpirun(tmp_path):
     # A tiny budget and buffer: the point is the pipeline (wrappers, image transposition, CNN, sync), not learning.
     args = [str(REPO_DIR / "scripts" / "train.py"), "--env", ENV, "-n", "1600", "--seed", "0", "-f", str(tmp_path),

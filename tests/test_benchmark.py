@@ -1,4 +1,5 @@
-"""``scripts/benchmark.py --quick``, end to end: every output is written and sane. Never asserts a speed."""
+"""``python -m sb3_parallel_dqn.benchmark --quick`` (scripts/benchmark.py), end to end (the slow tier): every output is
+written and sane. Never asserts a speed."""
 
 import json
 import math
@@ -19,6 +20,7 @@ def quick_run(tmp_path_factory):
     return out, json.loads((out / "results.json").read_text())
 
 
+@pytest.mark.slow
 def test_every_configuration_ran_once(quick_run):
     _, summary = quick_run
     assert list(summary["results"]) == CONFIGS
@@ -33,6 +35,7 @@ def test_every_configuration_ran_once(quick_run):
     assert summary["commands"][-1].split()[1:3] == ["-np", "2"]
 
 
+@pytest.mark.slow
 def test_time_split_and_peak_rss(quick_run):
     _, summary = quick_run
     for config, (run,) in summary["results"].items():
@@ -52,6 +55,7 @@ def test_time_split_and_peak_rss(quick_run):
         assert run["env_workers_peak_rss_mib"] is None  # CartPole's entry steps its one env in-process
 
 
+@pytest.mark.slow
 def test_machine_and_versions(quick_run):
     _, summary = quick_run
     assert summary["system"]["cpu_count"] >= 1
@@ -64,6 +68,7 @@ def test_machine_and_versions(quick_run):
     assert all(math.isfinite(speedups[config]["env_steps_per_s"]) for config in CONFIGS)
 
 
+@pytest.mark.slow
 def test_report_and_plots(quick_run):
     out, _ = quick_run
     report = (out / "results.md").read_text()
@@ -78,14 +83,9 @@ def test_report_and_plots(quick_run):
 
 def test_zoo_conf_file_is_rl_zoo3s_own(tmp_path):
     """``--sb3-conf-file zoo`` runs SB3 on the zoo's published values (not this package's tuned ones)."""
-    import importlib.util
+    from sb3_parallel_dqn.zoo import benchmark
+    from sb3_parallel_dqn.zoo.hyperparams import load_hyperparams
 
-    from sb3_parallel_dqn.hyperparams import load_hyperparams
-
-    spec = importlib.util.spec_from_file_location("benchmark_script", BENCHMARK)
-    assert spec is not None and spec.loader is not None
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
     path = benchmark.resolve_conf_file("zoo")
     assert (REPO_DIR / "tests" / "data" / "zoo_dqn.yml").read_bytes() == open(path, "rb").read()
     hyperparams, _ = load_hyperparams("CartPole-v1", path, {})

@@ -14,6 +14,9 @@ import pytest
 import torch as th
 from conftest import REPO_DIR, check_ok, run_mpi
 
+# Several full mpirun trainings: the slow tier.
+pytestmark = pytest.mark.slow
+
 TRAIN = str(REPO_DIR / "scripts" / "train.py")
 
 # Rollouts of train_freq 16 x 2 envs x 2 ranks = 64 global steps, 4 gradient steps each from step 256 on: about 110

@@ -5,8 +5,8 @@ import torch as th
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from torch.nn import functional as F
 
-from sb3_parallel_dqn import ParallelDQN
-from sb3_parallel_dqn.hyperparams import ConfigError
+from sb3_parallel_dqn import ConfigError, ParallelDQN
+from sb3_parallel_dqn.losses import td_loss
 
 
 def _hand_built_batch(n: int = 64) -> ReplayBufferSamples:
@@ -25,7 +25,6 @@ def test_double_q_target_on_a_hand_built_batch():
     with th.no_grad():  # a target network that disagrees with the online one
         for param in model.q_net_target.parameters():
             param.add_(th.randn_like(param))
-    model._prepare_gradient_steps()
     batch = _hand_built_batch()
     with th.no_grad():
         online_next, target_next = model.q_net(batch.next_observations), model.q_net_target(batch.next_observations)
@@ -34,11 +33,13 @@ def test_double_q_target_on_a_hand_built_batch():
     current = model.q_net(batch.observations).gather(1, batch.actions)
 
     double_target = batch.rewards + (1 - batch.dones) * 0.9 * target_next[th.arange(len(picked)), picked].reshape(-1, 1)
-    assert th.allclose(model._td_loss(batch), F.smooth_l1_loss(current, double_target))
+    loss, td_errors = td_loss(model.q_net, model.q_net_target, batch, model.gamma, model.double_q)
+    assert th.allclose(loss, F.smooth_l1_loss(current, double_target)) and td_errors is None
 
-    model.double_q = False  # SB3's vanilla target: the target network's max
+    # SB3's vanilla target: the target network's max
     vanilla_target = batch.rewards + (1 - batch.dones) * 0.9 * target_next.max(dim=1).values.reshape(-1, 1)
-    assert th.allclose(model._td_loss(batch), F.smooth_l1_loss(current, vanilla_target))
+    loss, _ = td_loss(model.q_net, model.q_net_target, batch, model.gamma, double_q=False)
+    assert th.allclose(loss, F.smooth_l1_loss(current, vanilla_target))
     assert not th.allclose(double_target, vanilla_target)
 
 

@@ -9,8 +9,8 @@ from stable_baselines3.dqn import policies as sb3_policies
 from stable_baselines3.dqn.policies import QNetwork
 
 from sb3_parallel_dqn import ParallelDQN
+from sb3_parallel_dqn.engine.q_forward import q_forward
 from sb3_parallel_dqn.policies import CnnPolicy, DuelingQNetwork, MlpPolicy
-from sb3_parallel_dqn.q_forward import q_forward
 
 
 def test_dueling_aggregation_against_its_definition():

@@ -48,10 +48,10 @@ def test_lean_action_selection_is_used_and_picks_the_greedy_action():
     model.learn(64)
     for _ in range(20):
         observation = model._last_obs
-        fast = model._sample_greedy_or_random(n_envs=1)
+        fast = model._engine.greedy_or_random(n_envs=1)
         assert fast is not None
         expected, _ = model.predict(observation, deterministic=True)
         assert np.array_equal(fast, expected) and fast.dtype == expected.dtype
         model._last_obs, *_ = model.env.step(fast)
     model.num_timesteps, model.learning_starts = 0, 10  # before learning_starts: SB3's own path (random actions)
-    assert model._sample_greedy_or_random(n_envs=1) is None
+    assert model._engine.greedy_or_random(n_envs=1) is None

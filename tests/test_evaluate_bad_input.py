@@ -1,18 +1,20 @@
 """
-``scripts/evaluate.py``: every bad input ends with exit code 2 and one ``error:`` line on stderr, no traceback; and
-``--weights-only`` evaluates a model as the ordinary (unpickling) path does.
+``python -m sb3_parallel_dqn.evaluate`` (``scripts/evaluate.py``): every bad input ends with exit code 2 and one
+``error:`` line on stderr, no traceback; and ``--weights-only`` evaluates a model as the ordinary (unpickling) path
+does. The command runs in this process (``run_main``); test_unknown_env also runs the script as a real process.
 """
 
 import re
 
 import pytest
 import torch as th
-from conftest import REPO_DIR, check_ok, run_python
+from conftest import REPO_DIR, check_ok, run_main, run_python
 from test_safe_load import CreatesFile, bad_file, malicious_data_member, rewrite_zip, torch_bytes
 
 from sb3_parallel_dqn import ParallelDQN
+from sb3_parallel_dqn.evaluate import main as evaluate_main
+from sb3_parallel_dqn.train import main as train_main
 
-TRAIN = str(REPO_DIR / "scripts" / "train.py")
 EVALUATE = str(REPO_DIR / "scripts" / "evaluate.py")
 
 
@@ -20,10 +22,10 @@ EVALUATE = str(REPO_DIR / "scripts" / "evaluate.py")
 def run(tmp_path_factory):
     """A tiny CartPole run, and a copy of its model whose weights implement a controller (see below)."""
     log_folder = tmp_path_factory.mktemp("logs")
-    args = [TRAIN, "--env", "CartPole-v1", "-n", "300", "--seed", "0", "-f", str(log_folder), "--eval-freq", "0",
+    args = ["--env", "CartPole-v1", "-n", "300", "--seed", "0", "-f", str(log_folder), "--eval-freq", "0",
             "--final-eval-episodes", "0", "--verbose", "0",
             "-params", "learning_starts:100", "policy_kwargs:dict(net_arch=[16])"]  # fmt: skip
-    check_ok(run_python(args))
+    check_ok(run_main(train_main, args))
     run_dir = log_folder / "parallel_dqn" / "CartPole-v1_1"
     model_path = run_dir / "CartPole-v1.zip"
 
@@ -46,7 +48,7 @@ def run(tmp_path_factory):
 
 
 def evaluate(*args):
-    return run_python([EVALUATE, "--env", "CartPole-v1", "-n", "4", "--seed", "7", *map(str, args)], timeout=120)
+    return run_main(evaluate_main, ["--env", "CartPole-v1", "-n", "4", "--seed", "7", *args])
 
 
 def returns_of(result):
@@ -120,11 +122,11 @@ def test_missing_model_file(tmp_path):
 
 def test_model_of_another_env(run):
     _, model_path, _ = run
-    result = run_python([EVALUATE, "--env", "Acrobot-v1", "--model", str(model_path), "-n", "1"])
+    result = run_main(evaluate_main, ["--env", "Acrobot-v1", "--model", model_path, "-n", "1"])
     assert_bad_input(result, f"{model_path} does not fit Acrobot-v1: the model's observation space is Box(",
                      "(4,), float32), the env's is Box(", "(6,), float32)")  # fmt: skip
     # weights only: the model is built for Acrobot from its config entry, so the file's tensors do not fit it
-    result = run_python([EVALUATE, "--env", "Acrobot-v1", "--model", str(model_path), "-n", "1", "--weights-only"])
+    result = run_main(evaluate_main, ["--env", "Acrobot-v1", "--model", model_path, "-n", "1", "--weights-only"])
     assert_bad_input(result, "'q_net.q_net.0.weight' has shape (16, 4) in policy.pth but (64, 6) in the built policy")
 
 

@@ -15,11 +15,12 @@ import zipfile
 import numpy as np
 import pytest
 import torch as th
-from conftest import MPI_SCRIPTS, REPO_DIR, check_ok, mpirun_path, run_mpi, run_python
+from conftest import MPI_SCRIPTS, REPO_DIR, check_ok, mpirun_path, run_main, run_mpi, run_python
 
 from sb3_parallel_dqn import ParallelDQN, UnsupportedSpaceError, stop_on_signals
 from sb3_parallel_dqn.checkpoints import list_checkpoints
-from sb3_parallel_dqn.hyperparams import ConfigError
+from sb3_parallel_dqn.train import main as train_main
+from sb3_parallel_dqn.zoo.hyperparams import ConfigError
 
 TRAIN = str(REPO_DIR / "scripts" / "train.py")
 EXIT_LIMIT_S = 30
@@ -43,8 +44,9 @@ def assert_last_checkpoint_loads(folder):
 
 @pytest.mark.parametrize(
     "fault, message",
-    [("env_step", "injected failure in env.step on rank 1"), ("train", "injected failure in train on rank 1"),
-     ("callback", "injected failure in a callback on rank 1")],
+    [pytest.param("env_step", "injected failure in env.step on rank 1", marks=pytest.mark.slow),
+     ("train", "injected failure in train on rank 1"),
+     pytest.param("callback", "injected failure in a callback on rank 1", marks=pytest.mark.slow)],
 )  # fmt: skip
 def test_exception_on_one_rank_ends_the_job(tmp_path, fault, message):
     result = run_mpi([str(MPI_SCRIPTS / "fault_one_rank.py"), fault, str(tmp_path)], timeout=120)
@@ -58,6 +60,7 @@ def test_exception_on_one_rank_ends_the_job(tmp_path, fault, message):
     assert_last_checkpoint_loads(tmp_path)
 
 
+@pytest.mark.slow
 def test_sigkill_of_one_rank_ends_the_job_and_keeps_the_checkpoints(tmp_path):
     result = run_mpi([str(MPI_SCRIPTS / "fault_one_rank.py"), "sigkill", str(tmp_path)], timeout=120)
     ended = time.time()
@@ -66,6 +69,7 @@ def test_sigkill_of_one_rank_ends_the_job_and_keeps_the_checkpoints(tmp_path):
     assert_last_checkpoint_loads(tmp_path)
 
 
+@pytest.mark.slow
 def test_nan_gradients_stop_training_and_name_the_update(tmp_path):
     result = run_mpi([str(MPI_SCRIPTS / "fault_one_rank.py"), "nan", str(tmp_path)], timeout=120)
     assert result.returncode != 0, result.stdout + result.stderr
@@ -108,7 +112,7 @@ def wait_for_monitor_rows(run_dir, rows=20, timeout=60):
     pytest.fail(f"training did not start in {timeout} s")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
 def test_signal_to_the_job_saves_a_checkpoint_that_resumes(tmp_path, sig):
     process = start_training(tmp_path)
     run_dir = tmp_path / "parallel_dqn" / "CartPole-v1_1"
@@ -143,7 +147,7 @@ def test_signal_to_the_job_saves_a_checkpoint_that_resumes(tmp_path, sig):
 def test_unwritable_log_folder_fails_before_training(tmp_path):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the log folder should be")
-    result = run_python([TRAIN, "--env", "CartPole-v1", "-f", str(blocker / "logs")])
+    result = run_main(train_main, ["--env", "CartPole-v1", "-f", blocker / "logs"])
     assert result.returncode == 2, result.stdout + result.stderr
     assert "cannot write to the log folder" in result.stderr and "Traceback" not in result.stderr
 
@@ -170,7 +174,7 @@ def saved_model(tmp_path_factory):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--env", "Pendulum-v1"], "DQN needs a Discrete one"),
+        (["--env", "Pendulum-v1"], "use an env with a Discrete action space"),
         (["-params", "exploration_final_eps:1.5"], "exploration_final_eps"),
         (["-params", "buffer_size:-5"], "buffer_size"),
         (["-params", "batch_size:0"], "batch_size"),
@@ -185,16 +189,22 @@ def saved_model(tmp_path_factory):
 )
 def test_bad_input_exits_with_code_2(tmp_path, saved_model, args, message):
     args = [arg.format(saved=saved_model) for arg in args]
-    result = run_python([TRAIN, "--env", "CartPole-v1", "-f", str(tmp_path), "--final-eval-episodes", "0", *args])
+    result = run_main(train_main, ["--env", "CartPole-v1", "-f", tmp_path, "--final-eval-episodes", "0", *args])
     assert result.returncode == 2, result.stdout + result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+def test_bad_input_in_a_real_process_exits_with_code_2_and_no_traceback(tmp_path):
+    result = run_python([TRAIN, "--env", "Pendulum-v1", "-f", str(tmp_path)])
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
 def test_bad_input_under_mpirun_is_reported_once(tmp_path):
     result = run_mpi([TRAIN, "--env", "CartPole-v1", "-f", str(tmp_path), "-params", "train_freq:[1, 'episode']"])
     assert result.returncode == 2, result.stdout + result.stderr
-    assert result.stderr.count("counts episodes, which MPI ranks finish at different times") == 1, result.stderr
+    assert result.stderr.count("counts episodes, which ranks finish at different times") == 1, result.stderr
     assert not (tmp_path / "parallel_dqn").exists() or not list((tmp_path / "parallel_dqn").iterdir())
 
 

@@ -8,8 +8,8 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import NStepReplayBuffer, ReplayBuffer
 
-from sb3_parallel_dqn.flat_update import FlatUpdate, flat_adam_supported
-from sb3_parallel_dqn.replay_sampling import sample_batches
+from sb3_parallel_dqn.engine.flat_update import FlatUpdate, flat_adam_supported
+from sb3_parallel_dqn.engine.sampling import sample_batches
 
 
 def _net() -> th.nn.Module:
@@ -159,7 +159,7 @@ def _filled_buffer(n_envs: int, optimize_memory_usage: bool, full: bool, n_steps
 @pytest.mark.parametrize("max_gather_bytes", [None, 1])
 def test_sample_batches_are_sb3_samples(n_envs, optimize_memory_usage, n_steps, full, max_gather_bytes, monkeypatch):
     if max_gather_bytes is not None:  # one gather per step instead of one for all
-        monkeypatch.setattr("sb3_parallel_dqn.replay_sampling.MAX_GATHER_BYTES", max_gather_bytes)
+        monkeypatch.setattr("sb3_parallel_dqn.engine.sampling.MAX_GATHER_BYTES", max_gather_bytes)
     buffer = _filled_buffer(n_envs, optimize_memory_usage, full, n_steps)
     np.random.seed(7)
     expected = [buffer.sample(16) for _ in range(5)]

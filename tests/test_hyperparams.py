@@ -1,4 +1,4 @@
-"""Tests for the zoo-style hyperparameter loader (sb3_parallel_dqn.hyperparams): parsing without eval, entry
+"""Tests for the zoo-style hyperparameter loader (sb3_parallel_dqn.zoo.hyperparams): parsing without eval, entry
 fallback, conversions, validation and the repository's zoo_configs/dqn.yml."""
 
 import importlib.util
@@ -13,7 +13,7 @@ import torch as th
 from stable_baselines3.common.buffers import DictReplayBuffer, ReplayBuffer
 from stable_baselines3.common.torch_layers import CombinedExtractor, FlattenExtractor, NatureCNN
 
-from sb3_parallel_dqn.hyperparams import (
+from sb3_parallel_dqn.zoo.hyperparams import (
     ALLOWED_NAMES,
     DEFAULT_CONF_FILE,
     ConfigError,
@@ -516,7 +516,7 @@ def test_parse_override_rejects(item):
 def test_default_conf_file_is_repo_config():
     # the repository's zoo_configs/dqn.yml links to the copy shipped in the package
     assert DEFAULT_CONF_FILE == REPO_CONF.resolve()
-    assert REPO_CONF.is_file() and DEFAULT_CONF_FILE.parent.parent.name == "sb3_parallel_dqn"
+    assert REPO_CONF.is_file() and DEFAULT_CONF_FILE.parent.parent.parent.name == "sb3_parallel_dqn"
 
 
 @pytest.mark.parametrize(

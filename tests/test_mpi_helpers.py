@@ -6,38 +6,38 @@ import numpy as np
 import pytest
 import torch as th
 
-from sb3_parallel_dqn import mpi_tools
-from sb3_parallel_dqn.mpi_pytorch import GradientAverager, check_synced, module_checksum
+from sb3_parallel_dqn.distributed import comm
+from sb3_parallel_dqn.distributed.gradients import GradientAverager, check_synced, module_checksum
 
 
 def test_helpers_without_mpi():
-    assert mpi_tools.comm() is None  # pytest does not run under mpirun, and nothing imported mpi4py.MPI
-    assert (mpi_tools.rank(), mpi_tools.world_size(), mpi_tools.local_rank(), mpi_tools.is_root()) == (0, 1, 0, True)
-    assert mpi_tools.compute_local_rank() == 0 and mpi_tools.allgather_object({"a": 1}) == [{"a": 1}]
+    assert comm.comm() is None  # pytest does not run under mpirun, and nothing imported mpi4py.MPI
+    assert (comm.rank(), comm.world_size(), comm.local_rank(), comm.is_root()) == (0, 1, 0, True)
+    assert comm.compute_local_rank() == 0 and comm.allgather_object({"a": 1}) == [{"a": 1}]
     array = np.arange(3.0)
-    assert mpi_tools.allreduce_sum_(array) is array and array.tolist() == [0.0, 1.0, 2.0]
-    assert mpi_tools.allgather(np.array([4, 5])).tolist() == [[4, 5]]
-    assert mpi_tools.broadcast_(array) is array
-    assert mpi_tools.broadcast_object({"a": 1}) == {"a": 1}
+    assert comm.allreduce_sum_(array) is array and array.tolist() == [0.0, 1.0, 2.0]
+    assert comm.allgather(np.array([4, 5])).tolist() == [[4, 5]]
+    assert comm.broadcast_(array) is array
+    assert comm.broadcast_object({"a": 1}) == {"a": 1}
 
 
 def test_launcher_env_is_hidden_for_good_but_remembered(monkeypatch):
     """Once hidden, the launcher's variables reach no child process, while the package still reads its own copy."""
     for key, value in {"PMI_RANK": "1", "PMI_SIZE": "2", "MPI_LOCALRANKID": "1", "HOME_LIKE_VAR": "kept"}.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setattr(mpi_tools, "_LAUNCHER_ENV", {"PMI_RANK": "1", "PMI_SIZE": "2", "MPI_LOCALRANKID": "1"})
-    mpi_tools.hide_launcher_env()
+    monkeypatch.setattr(comm, "_LAUNCHER_ENV", {"PMI_RANK": "1", "PMI_SIZE": "2", "MPI_LOCALRANKID": "1"})
+    comm.hide_launcher_env()
     assert not {"PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"} & set(os.environ) and os.environ["HOME_LIKE_VAR"] == "kept"
-    assert (mpi_tools.launcher_rank(), mpi_tools.launcher_world_size()) == (1, 2)
-    assert mpi_tools.launched_by_mpi()
+    assert (comm.launcher_rank(), comm.launcher_world_size()) == (1, 2)
+    assert comm.launched_by_mpi()
 
 
 def test_env_workers_never_count_as_launched(monkeypatch):
     """A worker that inherited the launcher's variables must not try to join the job (it would crash in MPI_Init)."""
-    monkeypatch.setattr(mpi_tools, "_LAUNCHER_ENV", {"PMI_SIZE": "2"})
-    assert mpi_tools.launched_by_mpi()
-    monkeypatch.setattr(mpi_tools.mp.current_process(), "name", "SpawnProcess-1")  # as while a worker imports __main__
-    assert not mpi_tools.launched_by_mpi()
+    monkeypatch.setattr(comm, "_LAUNCHER_ENV", {"PMI_SIZE": "2"})
+    assert comm.launched_by_mpi()
+    monkeypatch.setattr(comm.mp.current_process(), "name", "SpawnProcess-1")  # as while a worker imports __main__
+    assert not comm.launched_by_mpi()
 
 
 def _net_and_loss():
@@ -92,3 +92,25 @@ def test_checksum_sees_any_bit_flip():
         net[0].weight.view(-1)[3] = th.nextafter(net[0].weight.view(-1)[3], th.tensor(1.0))
     assert module_checksum(net) != before
     check_synced(net, n_updates=1)  # one process: nothing to compare, never raises
+
+
+# expected: with the local rank published (1), unknown (rank 3 stands in), computed by the constructor (0)
+@pytest.mark.parametrize("n_gpus, expected", [(0, ("auto",) * 3), (1, ("cuda:0",) * 3), (2, ("cuda:1", "cuda:1", "cuda:0"))])
+def test_auto_device_uses_the_local_rank_without_a_collective(monkeypatch, n_gpus, expected):
+    """
+    Rank 3 of 4 on a host where it is local rank 1: "auto" picks cuda:{local rank % n_gpus}. Unknown local rank: the
+    global rank stands in, unless the caller may compute it collectively (the constructor). (The real launcher's
+    variables and the collective split run under mpirun in test_mpi.py.)
+    """
+    from sb3_parallel_dqn.distributed.devices import pick_device
+
+    monkeypatch.setattr(th.cuda, "is_available", lambda: n_gpus > 0)
+    monkeypatch.setattr(th.cuda, "device_count", lambda: n_gpus)
+    monkeypatch.setattr(comm, "world_size", lambda: 4)
+    monkeypatch.setattr(comm, "rank", lambda: 3)
+    monkeypatch.setattr(comm, "local_rank", lambda: 1)
+    assert str(pick_device("auto")) == expected[0] and pick_device("cpu") == "cpu"
+    monkeypatch.setattr(comm, "local_rank", lambda: None)  # the launcher published none
+    monkeypatch.setattr(comm, "compute_local_rank", lambda: 0)
+    assert str(pick_device("auto")) == expected[1]  # no collective allowed: rank 3 stands in
+    assert str(pick_device("auto", collective=True)) == expected[2]

@@ -1,9 +1,7 @@
-"""scripts/plot.py on run folders made of real SB3 Monitor files: the merged training curve, the evaluation curve, the CLI."""
+"""The learning-curve plots (scripts/plot.py, python -m sb3_parallel_dqn.plot) on run folders of real SB3 Monitor files."""
 
-import importlib.util
 import itertools
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -14,14 +12,11 @@ import pytest
 from conftest import REPO_DIR, check_ok, run_python
 from stable_baselines3.common.monitor import Monitor, get_monitor_files
 
+from sb3_parallel_dqn.plot import main as plot_main
+from sb3_parallel_dqn.zoo import plotting as plot
+
 PLOT = REPO_DIR / "scripts" / "plot.py"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-_spec = importlib.util.spec_from_file_location("plot_script", PLOT)
-assert _spec is not None and _spec.loader is not None
-plot = importlib.util.module_from_spec(_spec)
-sys.modules["plot_script"] = plot
-_spec.loader.exec_module(plot)
 
 
 def make_run(run_dir: Path, n_rounds: int = 4, seed: int = 0, eval_timesteps: tuple[int, ...] | None = None) -> list[dict]:
@@ -158,11 +153,11 @@ def test_moving_average():
 def test_main_writes_png_for_run_folders(run, tmp_path, capsys):
     run_dir, _ = run
     output = tmp_path / "sub" / "curves.png"
-    assert plot.main([str(run_dir), "-o", str(output), "--smooth", "3"]) == 0
+    assert plot_main([str(run_dir), "-o", str(output), "--smooth", "3"]) == 0
     check_png(output)
     assert str(output.resolve()) in capsys.readouterr().out
     for flag in ("--eval-only", "--train-only"):
-        assert plot.main([str(run_dir), "-o", str(tmp_path / f"{flag}.png"), flag, "--labels", "mine"]) == 0
+        assert plot_main([str(run_dir), "-o", str(tmp_path / f"{flag}.png"), flag, "--labels", "mine"]) == 0
         check_png(tmp_path / f"{flag}.png")
 
 
@@ -188,9 +183,9 @@ def test_main_writes_png_for_log_folder(log_folder, tmp_path):
     output = tmp_path / "zoo.png"
     # all our runs (one without evaluations.npz), next to an SB3 DQN run given as a folder
     dqn_run = str(log_folder / "dqn" / "CartPole-v1_1")
-    assert plot.main(["-f", str(log_folder), "--env", "CartPole-v1", dqn_run, "-o", str(output)]) == 0
+    assert plot_main(["-f", str(log_folder), "--env", "CartPole-v1", dqn_run, "-o", str(output)]) == 0
     check_png(output)
-    assert plot.main(["-f", str(log_folder), "--algo", "dqn", "--env", "CartPole-v1", "--exp-id", "1", "-o", str(output)]) == 0
+    assert plot_main(["-f", str(log_folder), "--algo", "dqn", "--env", "CartPole-v1", "--exp-id", "1", "-o", str(output)]) == 0
 
 
 @pytest.mark.parametrize(
@@ -212,7 +207,7 @@ def test_errors_exit_2_with_one_line(args, message, log_folder, tmp_path, capsys
     (tmp_path / "empty" / "CartPole-v1").mkdir()
     args = [arg.format(tmp=tmp_path, logs=log_folder) for arg in args]
     output = tmp_path / "out.png"
-    assert plot.main([*args, "-o", str(output)]) == 2
+    assert plot_main([*args, "-o", str(output)]) == 2
     stderr = capsys.readouterr().err
     assert stderr.startswith("error: ") and stderr.count("\n") == 1 and message in stderr, stderr
     assert not output.exists()

@@ -9,7 +9,8 @@ from stable_baselines3.common.buffers import NStepReplayBuffer
 from torch.nn import functional as F
 
 from sb3_parallel_dqn import ParallelDQN, PrioritizedReplayBuffer
-from sb3_parallel_dqn.hyperparams import load_hyperparams
+from sb3_parallel_dqn.losses import td_loss
+from sb3_parallel_dqn.zoo.hyperparams import load_hyperparams
 
 OBSERVATION_SPACE = spaces.Box(-1e6, 1e6, shape=(2,), dtype=np.float32)
 ACTION_SPACE = spaces.Discrete(3)
@@ -160,9 +161,12 @@ def test_weighted_loss_and_priority_update_on_a_real_batch():
     np.random.seed(5)
     _, raw_weights, _ = buffer.sample_prioritized(32)
     np.random.seed(5)
-    replay_data, weights, leaves = model._sample_prioritized(buffer, 32)
+    model._engine.start_updates(1, 32)
+    replay_data, weights = model._engine.sample(32)
+    leaves = model._engine._sampled_leaves
     np.testing.assert_allclose(weights.numpy()[:, 0], raw_weights / raw_weights.max(), rtol=1e-6)
-    loss, td_errors = model._weighted_td_loss(replay_data, weights)
+    loss, td_errors = td_loss(model.q_net, model.q_net_target, replay_data, model.gamma, weights=weights)
+    model._engine.end_updates()
     with th.no_grad():
         current = model.q_net(replay_data.observations).gather(1, replay_data.actions.long())
         target = (

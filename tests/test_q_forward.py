@@ -5,7 +5,7 @@ import torch as th
 from stable_baselines3.common.torch_layers import FlattenExtractor
 
 from sb3_parallel_dqn import ParallelDQN
-from sb3_parallel_dqn.q_forward import q_forward
+from sb3_parallel_dqn.engine.q_forward import q_forward
 
 
 @pytest.mark.parametrize("activation_fn", [th.nn.ReLU, th.nn.Tanh])

@@ -3,14 +3,16 @@
 import csv
 import importlib.util
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import yaml
 from conftest import check_ok, run_mpi, run_python
 from stable_baselines3 import DQN
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from sb3_parallel_dqn import ParallelDQN
-from sb3_parallel_dqn.hyperparams import DEFAULT_CONF_FILE, load_hyperparams
+from sb3_parallel_dqn.zoo.hyperparams import DEFAULT_CONF_FILE, load_hyperparams
 
 requires_zoo = pytest.mark.skipif(importlib.util.find_spec("rl_zoo3") is None, reason="rl_zoo3 (extra 'zoo') not installed")
 
@@ -123,6 +125,7 @@ def test_zip_loads_as_plain_dqn(single_run):
 
 
 @requires_zoo
+@pytest.mark.slow
 def test_explicit_algo_and_conf_resume(single_run, tmp_path):
     """The issue's command, continuing the first run's model with the zoo's --trained-agent."""
     trained, _ = single_run
@@ -168,11 +171,25 @@ def test_mpirun_two_ranks(single_run, tmp_path):
 
 
 @requires_zoo
+@pytest.mark.slow
 def test_mpirun_refuses_other_algos(tmp_path):
     result = run_mpi([*ZOO, "--algo", "dqn", "--env", "CartPole-v1", "-n", "256", "-f", str(tmp_path)], timeout=120)
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("error: not supported under mpirun: --algo dqn") == 1  # rank 0 reports it
     assert not any(tmp_path.iterdir())
+
+
+@requires_zoo
+@pytest.mark.slow
+def test_mpirun_normalize_keeps_rank_zeros_statistics(tmp_path):
+    """As scripts/train.py: each rank normalises with its own statistics, rank 0's are saved, once (atomically)."""
+    args = [*ZOO, *FAST, "normalize:True", "-n", "1024", "--eval-freq", "-1", "-f", str(tmp_path)]
+    check_ok(run_mpi(args, timeout=180))
+    path = run_dir(tmp_path)
+    stats = VecNormalize.load(str(path / "CartPole-v1" / "vecnormalize.pkl"), DummyVecEnv([lambda: gym.make("CartPole-v1")]))
+    assert 400 < stats.obs_rms.count < 1024  # rank 0's own steps (512, and a reset per episode), not both ranks'
+    assert not list(path.rglob(".*tmp*"))
+    assert ParallelDQN.load(path / "CartPole-v1.zip").num_timesteps == 1024
 
 
 def test_missing_rl_zoo3_message():

@@ -22,10 +22,10 @@ from sb3_parallel_dqn.safe_load import (
     ModelFileError,
     UnsafeModelFileError,
     load_weights_only,
-    load_weights_only_from_config,
     read_policy_state_dict,
     set_policy_weights,
 )
+from sb3_parallel_dqn.zoo import load_weights_only_from_config
 
 NET_ARCH = [16]
 

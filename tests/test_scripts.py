@@ -1,4 +1,8 @@
-"""The command-line scripts, end to end: train under mpirun, then evaluate the saved model in a plain process."""
+"""
+The command lines, end to end: train under mpirun, then resume, evaluate and plot the run. The jobs under mpirun
+run the scripts for real; the plain-process commands run their ``main`` in this process (``run_main``: the same
+code path without an interpreter's start-up), apart from one real ``scripts/evaluate.py`` run.
+"""
 
 import re
 import shutil
@@ -6,15 +10,17 @@ import shutil
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO_DIR, check_ok, run_mpi, run_python
+from conftest import REPO_DIR, check_ok, run_main, run_mpi, run_python
 from stable_baselines3.common.save_util import load_from_pkl
 
 from sb3_parallel_dqn import ParallelDQN
-from sb3_parallel_dqn.hyperparams import load_hyperparams
+from sb3_parallel_dqn.evaluate import main as evaluate_main
+from sb3_parallel_dqn.plot import main as plot_main
+from sb3_parallel_dqn.train import main as train_main
+from sb3_parallel_dqn.zoo.hyperparams import load_hyperparams
 
 TRAIN = str(REPO_DIR / "scripts" / "train.py")
 EVALUATE = str(REPO_DIR / "scripts" / "evaluate.py")
-PLOT = str(REPO_DIR / "scripts" / "plot.py")
 
 
 # Each rollout is train_freq 16 x 2 envs x 2 ranks = 64 global steps; 1024 is a multiple of it.
@@ -100,9 +106,9 @@ def test_resume_under_mpirun_continues_exactly(mpi_run):
 def test_resume_with_another_world_size(mpi_run, tmp_path):
     log_folder, _ = mpi_run
     checkpoint = log_folder / "parallel_dqn" / "CartPole-v1_1" / "rl_model_2048_steps.zip"
-    args = [TRAIN, "--env", "CartPole-v1", "-f", str(tmp_path), "--eval-freq", "0", "--final-eval-episodes", "0"]
+    args = ["--env", "CartPole-v1", "-f", tmp_path, "--eval-freq", "0", "--final-eval-episodes", "0"]
     # with its replay buffer shards, the checkpoint only resumes on as many ranks as wrote them
-    result = run_python([*args, "-i", str(checkpoint)])
+    result = run_main(train_main, [*args, "-i", checkpoint])
     assert result.returncode == 2, result.stdout + result.stderr
     assert "saved by 2 rank(s), this job has 1" in result.stderr and "mpirun -np 2" in result.stderr
     # the model alone resumes on one process, with the run's settings
@@ -110,7 +116,7 @@ def test_resume_with_another_world_size(mpi_run, tmp_path):
     alone.mkdir()
     shutil.copy(checkpoint, alone / checkpoint.name)
     shutil.copytree(checkpoint.parent / "CartPole-v1", alone / "CartPole-v1")
-    result = check_ok(run_python([*args, "-i", str(alone / checkpoint.name)]))
+    result = check_ok(run_main(train_main, [*args, "-i", alone / checkpoint.name]))
     assert "at 2048 global steps, for 1024 more" in result.stdout
     assert ParallelDQN.load(tmp_path / "parallel_dqn" / "CartPole-v1_1" / "CartPole-v1.zip").num_timesteps == 3072
 
@@ -126,6 +132,7 @@ def evaluate_returns(result):
 def test_evaluate_saved_model_without_mpi(mpi_run):
     log_folder, _ = mpi_run
     model = log_folder / "parallel_dqn" / "CartPole-v1_1" / "CartPole-v1.zip"
+    # the one real process: the script itself, as a user runs it
     result = check_ok(run_python([EVALUATE, "--model", str(model), "--env", "CartPole-v1", "--episodes", "4", "--seed", "5"]))
     assert len(evaluate_returns(result)) == 4
 
@@ -137,8 +144,8 @@ def test_evaluate_saved_model_without_mpi(mpi_run):
 )  # fmt: skip
 def test_evaluate_a_run_of_the_log_folder(mpi_run, which, loaded):
     log_folder, _ = mpi_run
-    args = [EVALUATE, "--env", "CartPole-v1", "-f", str(log_folder), "--exp-id", "1", *which, "-n", "2", "--seed", "1"]
-    result = check_ok(run_python(args))
+    args = ["--env", "CartPole-v1", "-f", log_folder, "--exp-id", "1", *which, "-n", "2", "--seed", "1"]
+    result = check_ok(run_main(evaluate_main, args))
     assert f"Loaded {log_folder / 'parallel_dqn' / 'CartPole-v1_1' / loaded}" in result.stdout
     assert "CartPole-v1/config.yml" in result.stdout  # env rebuilt from the run's own config
     assert len(evaluate_returns(result)) == 2
@@ -151,23 +158,23 @@ def test_evaluate_a_run_of_the_log_folder(mpi_run, which, loaded):
 )  # fmt: skip
 def test_evaluate_missing_model(mpi_run, which, message):
     log_folder, _ = mpi_run
-    result = run_python([EVALUATE, "--env", "CartPole-v1", "-f", str(log_folder), *which])
+    result = run_main(evaluate_main, ["--env", "CartPole-v1", "-f", log_folder, *which])
     assert result.returncode == 2 and message in result.stderr, result.stdout + result.stderr
 
 
 def test_plot_the_run(mpi_run, tmp_path):
     log_folder, _ = mpi_run
     output = tmp_path / "curves.png"
-    result = check_ok(run_python([PLOT, "-f", str(log_folder), "--env", "CartPole-v1", "-o", str(output)]))
+    result = check_ok(run_main(plot_main, ["-f", log_folder, "--env", "CartPole-v1", "-o", output]))
     assert str(output) in result.stdout
     assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_second_run_gets_the_next_id(tmp_path):
-    args = [TRAIN, "--env", "CartPole-v1", "-n", "200", "-f", str(tmp_path), "--final-eval-episodes", "0", "--verbose", "0",
+    args = ["--env", "CartPole-v1", "-n", "200", "-f", tmp_path, "--final-eval-episodes", "0", "--verbose", "0",
             "-params", "learning_starts:50", "policy_kwargs:dict(net_arch=[8])"]  # fmt: skip
-    check_ok(run_python(args))
-    check_ok(run_python(args))
+    check_ok(run_main(train_main, args))
+    check_ok(run_main(train_main, args))
     assert sorted(p.name for p in (tmp_path / "parallel_dqn").iterdir()) == ["CartPole-v1_1", "CartPole-v1_2"]
 
 
@@ -181,12 +188,13 @@ def test_second_run_gets_the_next_id(tmp_path):
     ],
 )
 def test_bad_input_exits_with_code_2(tmp_path, extra, message):
-    result = run_python([TRAIN, "-f", str(tmp_path), *extra])
+    result = run_main(train_main, ["-f", tmp_path, *extra])
     assert result.returncode == 2, result.stdout + result.stderr
     assert message in result.stderr
     assert not (tmp_path / "parallel_dqn").exists()  # failed before creating anything
 
 
+@pytest.mark.slow
 def test_normalized_run_keeps_its_statistics(tmp_path):
     """normalize: rank 0's VecNormalize statistics are saved with the run and its checkpoints, and reused."""
     args = [TRAIN, "--env", "CartPole-v1", "-n", "512", "--seed", "0", "-f", str(tmp_path), "--save-freq", "256",
@@ -217,6 +225,7 @@ def test_normalized_run_keeps_its_statistics(tmp_path):
     assert resumed_stats.obs_rms.count - checkpoint_stats.obs_rms.count >= 256
 
 
+@pytest.mark.slow
 def test_resume_with_another_n_envs_and_replay_shards_is_refused(mpi_run, tmp_path):
     log_folder, _ = mpi_run
     checkpoint = log_folder / "parallel_dqn" / "CartPole-v1_1" / "rl_model_2048_steps.zip"

@@ -13,8 +13,7 @@ from conftest import MPI_SCRIPTS, run_mpi
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
 from sb3_parallel_dqn import make_parallel_vec_env
-from sb3_parallel_dqn.env_util import resolve_vec_env_cls
-from sb3_parallel_dqn.vec_env import EnvWorkerError, ParallelSubprocVecEnv
+from sb3_parallel_dqn.envs import EnvWorkerError, ParallelSubprocVecEnv, resolve_vec_env_cls
 
 # In-process tests: a hang (the failure this guards against) must fail fast rather than wait for the global timeout.
 pytestmark = pytest.mark.timeout(60)
@@ -178,6 +177,7 @@ def test_subproc_vec_envs_resolve_to_the_reporting_class():
     assert resolve_vec_env_cls(CustomSubprocVecEnv, 2) is CustomSubprocVecEnv
 
 
+@pytest.mark.slow
 def test_killed_worker_under_mpirun_ends_the_job_with_its_name():
     result = run_mpi([str(MPI_SCRIPTS / "worker_death.py")], timeout=120)
     end = time.time()
@@ -200,9 +200,9 @@ def exits_at_once() -> gym.Env:
 
 def test_worker_dying_at_start_under_mpi_says_what_to_do(monkeypatch):
     """Where a worker still inherited the launcher's variables, the error says how to avoid it (issue 12, item 1)."""
-    from sb3_parallel_dqn import mpi_tools
+    from sb3_parallel_dqn.distributed import comm
 
-    monkeypatch.setattr(mpi_tools, "launched_by_mpi", lambda: True)
+    monkeypatch.setattr(comm, "launched_by_mpi", lambda: True)
     with pytest.raises(EnvWorkerError, match=r"exited with code 3.*import sb3_parallel_dqn before building any SubprocVecEnv"):
         ParallelSubprocVecEnv([exits_at_once], start_method="fork")
     monkeypatch.undo()

@@ -1,4 +1,4 @@
-"""Tests for sb3_parallel_dqn.zoo_env and env_util: rl-baselines3-zoo's dqn.yml read unchanged, its class keys
+"""Tests for sb3_parallel_dqn.zoo.envs and env_util: rl-baselines3-zoo's dqn.yml read unchanged, its class keys
 (env_wrapper, vec_env_wrapper, callback) resolved without eval, normalize, the zoo's wrapper order, and each rank's
 envs (seeds as SB3's make_vec_env, monitor files per rank and env)."""
 
@@ -38,16 +38,16 @@ from stable_baselines3.common.vec_env import (
 )
 
 from sb3_parallel_dqn import ParallelDQN, make_parallel_vec_env
-from sb3_parallel_dqn.hyperparams import ConfigError, is_atari, load_hyperparams, parse_override
-from sb3_parallel_dqn.zoo_env import (
+from sb3_parallel_dqn.checkpoints import save_vecnormalize
+from sb3_parallel_dqn.zoo.envs import (
     EnvWrappers,
     make_callbacks,
     make_eval_env,
     make_train_env,
     register_optional_envs,
-    save_vecnormalize,
     split_hyperparams,
 )
+from sb3_parallel_dqn.zoo.hyperparams import ConfigError, is_atari, load_hyperparams, parse_override
 
 ZOO_FILE = Path(__file__).resolve().parent / "data" / "zoo_dqn.yml"
 # rl_zoo3 2.9.2's hyperparams/dqn.yml; see tests/data/README.md before changing either.

@@ -2,12 +2,13 @@
 
 from stable_baselines3.common.callbacks import BaseCallback
 
-from sb3_parallel_dqn import ParallelDQN, mpi_tools
+from sb3_parallel_dqn import ParallelDQN
+from sb3_parallel_dqn.distributed import comm
 
 
 class CrashOnRankOne(BaseCallback):
     def _on_step(self) -> bool:
-        if mpi_tools.rank() == 1 and self.n_calls == 300:
+        if comm.rank() == 1 and self.n_calls == 300:
             raise RuntimeError("injected failure on rank 1")
         return True
 

@@ -1,22 +1,19 @@
-"""device="auto" under MPI: rank r takes cuda:{local_rank % n_gpus}. This machine may have no GPU, so the test
-pretends to have `sys.argv[1]` of them. With "hide" as `sys.argv[2]`, the launcher's local-rank variable is removed
-first, so that the constructor's shared-memory split of the communicator has to find it."""
-
-import os
-import sys
-
-if len(sys.argv) > 2 and sys.argv[2] == "hide":
-    del os.environ["MPI_LOCALRANKID"]  # before the package reads the launcher's variables
+"""
+``device="auto"`` under MPI: rank r takes ``cuda:{local_rank % n_gpus}``. This machine may have no GPU, so
+:func:`report_devices` pretends to have ``n_gpus`` of them (call it last: it changes torch.cuda for the process). It
+prints, for each rank, the local rank as the launcher published it (None when hidden), the one the package uses
+(published, or computed once by the constructor), and the devices that ``"auto"`` and ``"cpu"`` give.
+"""
 
 import torch as th
 
-from sb3_parallel_dqn import mpi_tools
-from sb3_parallel_dqn.parallel_dqn import pick_device
+from sb3_parallel_dqn.distributed import comm
+from sb3_parallel_dqn.distributed.devices import pick_device
 
-if __name__ == "__main__":
-    n_gpus = int(sys.argv[1])
+
+def report_devices(n_gpus: int) -> None:
     th.cuda.is_available = lambda: n_gpus > 0  # type: ignore[assignment]
     th.cuda.device_count = lambda: n_gpus  # type: ignore[assignment]
-    published = mpi_tools.local_rank()
+    published = comm._LAUNCHER_ENV.get("MPI_LOCALRANKID")
     auto, cpu = pick_device("auto", collective=True), pick_device("cpu")
-    print(f"rank {mpi_tools.rank()} local {published}/{mpi_tools.local_rank()} -> {auto} / {cpu}", flush=True)
+    print(f"rank {comm.rank()} local {published}/{comm.local_rank()} -> {auto} / {cpu}", flush=True)

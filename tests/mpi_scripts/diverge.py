@@ -3,18 +3,19 @@
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
 
-from sb3_parallel_dqn import ParallelDQN, WeightsDivergedError, mpi_tools
+from sb3_parallel_dqn import ParallelDQN, WeightsDivergedError
+from sb3_parallel_dqn.distributed import comm
 
 
 class PerturbRankOne(BaseCallback):
     def _on_step(self) -> bool:
-        if mpi_tools.rank() == 1 and self.n_calls == 300:
+        if comm.rank() == 1 and self.n_calls == 300:
             with th.no_grad():
                 next(self.model.q_net.parameters()).view(-1)[0] += 1e-3
         return True
 
 
-if __name__ == "__main__":
+def run() -> None:
     model = ParallelDQN(
         "MlpPolicy",
         "CartPole-v1",
@@ -27,6 +28,10 @@ if __name__ == "__main__":
     try:
         model.learn(5_000, callback=PerturbRankOne())
     except WeightsDivergedError as error:
-        print(f"rank {mpi_tools.rank()} caught: {error}", flush=True)
+        print(f"rank {comm.rank()} caught: {error}", flush=True)
     else:
-        print(f"rank {mpi_tools.rank()} finished without noticing the divergence", flush=True)
+        print(f"rank {comm.rank()} finished without noticing the divergence", flush=True)
+
+
+if __name__ == "__main__":
+    run()

@@ -17,8 +17,9 @@ import time
 import gymnasium as gym
 from stable_baselines3.common.callbacks import BaseCallback
 
-from sb3_parallel_dqn import ParallelDQN, mpi_tools
+from sb3_parallel_dqn import ParallelDQN
 from sb3_parallel_dqn.checkpoints import ParallelCheckpointCallback
+from sb3_parallel_dqn.distributed import comm
 
 FAULT_STEP = 1200  # env steps of rank 1 (2 ranks: ~2400 global steps, after 9 checkpoints)
 
@@ -44,11 +45,11 @@ class FaultyEnv(gym.Wrapper):
     def step(self, action):
         self.steps += 1
         obs, reward, terminated, truncated, info = self.env.step(action)
-        if mpi_tools.rank() == 1 and self.steps == FAULT_STEP:
+        if comm.rank() == 1 and self.steps == FAULT_STEP:
             announce()
             if self.fault == "env_step":
                 raise RuntimeError("injected failure in env.step on rank 1")
-        if mpi_tools.rank() == 1 and self.steps >= FAULT_STEP and self.fault == "nan":
+        if comm.rank() == 1 and self.steps >= FAULT_STEP and self.fault == "nan":
             reward = math.nan  # from now on, so that the next sampled batches surely hold one
         return obs, reward, terminated, truncated, info
 
@@ -59,7 +60,7 @@ class FaultyCallback(BaseCallback):
         self.fault = fault
 
     def _on_step(self) -> bool:
-        if mpi_tools.rank() == 1 and self.n_calls == FAULT_STEP:
+        if comm.rank() == 1 and self.n_calls == FAULT_STEP:
             if self.fault == "callback":
                 announce()
                 raise RuntimeError("injected failure in a callback on rank 1")

@@ -10,7 +10,8 @@ from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 
-from sb3_parallel_dqn import ParallelDQN, mpi_tools
+from sb3_parallel_dqn import ParallelDQN
+from sb3_parallel_dqn.distributed import comm
 
 BATCH_PER_RANK = 16
 
@@ -49,11 +50,11 @@ def check(max_grad_norm: float) -> None:
         learning_rate=1.0,
         max_grad_norm=max_grad_norm,
         policy_kwargs={"net_arch": [32, 32], "optimizer_class": th.optim.SGD},
-        seed=123 + mpi_tools.rank(),  # different torch init per rank: the broadcast must fix it
+        seed=123 + comm.rank(),  # different torch init per rank: the broadcast must fix it
     )
     model = ParallelDQN("MlpPolicy", "CartPole-v1", **kwargs)
     model.set_logger(configure(None, []))
-    rank = mpi_tools.rank()
+    rank = comm.rank()
     model.replay_buffer.fixed_batch = make_batch(rank * BATCH_PER_RANK, (rank + 1) * BATCH_PER_RANK)
     initial_state = {k: v.clone() for k, v in model.policy.state_dict().items()}
     before = q_net_weights(model)
@@ -80,12 +81,12 @@ def check(max_grad_norm: float) -> None:
             flush=True,
         )
     # All ranks must hold the same weights after the step.
-    digests = mpi_tools.allgather(np.array([zlib.crc32(q_net_weights(model).tobytes())], dtype=np.int64))
+    digests = comm.allgather(np.array([zlib.crc32(q_net_weights(model).tobytes())], dtype=np.int64))
     assert (digests == digests[0]).all(), digests
 
 
 if __name__ == "__main__":
-    assert mpi_tools.world_size() == 2, "run me with mpirun -np 2"
+    assert comm.world_size() == 2, "run me with mpirun -np 2"
     check(max_grad_norm=1e9)  # no clipping: the plain average
     check(max_grad_norm=0.05)  # clipping must act on the averaged gradient, not on each rank's
     print("GRADIENTS OK", flush=True)

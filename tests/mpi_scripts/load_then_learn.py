@@ -6,29 +6,31 @@ from pathlib import Path
 import numpy as np
 import torch as th
 
-from sb3_parallel_dqn import ParallelDQN, mpi_tools
-from sb3_parallel_dqn.mpi_pytorch import module_checksum
+from sb3_parallel_dqn import ParallelDQN
+from sb3_parallel_dqn.distributed import comm
+from sb3_parallel_dqn.distributed.gradients import module_checksum
 
 KWARGS = {"learning_starts": 100, "train_freq": 4, "buffer_size": 2_000, "policy_kwargs": {"net_arch": [16]}}
 
-if __name__ == "__main__":
-    path = Path(sys.argv[1]) / "model.zip"
-    comm = mpi_tools.comm()
-    assert comm is not None and comm.Get_size() == 2
+
+def run(out_dir: Path) -> None:
+    path = out_dir / "model.zip"
+    world = comm.comm()
+    assert world is not None and world.Get_size() == 2
     model = ParallelDQN("MlpPolicy", "CartPole-v1", seed=0, **KWARGS).learn(600)
     model.save(path)
-    comm.Barrier()  # the file is complete before anyone reads it
+    world.Barrier()  # the file is complete before anyone reads it
 
     # Rank 0 alone loads and predicts (e.g. to evaluate): must not wait for the other rank.
-    if mpi_tools.rank() == 0:
+    if comm.rank() == 0:
         alone = ParallelDQN.load(path)
         alone.predict(np.zeros((1, 4), dtype=np.float32), deterministic=True)
         print("rank 0 loaded alone", flush=True)
-    comm.Barrier()
+    world.Barrier()
 
     # Every rank loads, then rank 1 drifts away on purpose; learn() must bring it back to rank 0's state.
     resumed = ParallelDQN.load(path, env=model.get_env())
-    if mpi_tools.rank() == 1:
+    if comm.rank() == 1:
         params = resumed.get_parameters()
         params["policy"] = {name: tensor + 0.5 for name, tensor in params["policy"].items()}
         resumed.set_parameters(params)
@@ -36,10 +38,14 @@ if __name__ == "__main__":
             state["exp_avg"].add_(1.0)
     resumed.learn(400, reset_num_timesteps=False)
 
-    checksums = comm.allgather(module_checksum(resumed.policy))
+    checksums = world.allgather(module_checksum(resumed.policy))
     optimizer = resumed.policy.optimizer.state_dict()["state"]
-    moments = comm.allgather(th.cat([state["exp_avg"].reshape(-1) for state in optimizer.values()]).numpy())
+    moments = world.allgather(th.cat([state["exp_avg"].reshape(-1) for state in optimizer.values()]).numpy())
     assert checksums[0] == checksums[1], checksums
     np.testing.assert_array_equal(moments[0], moments[1])
     assert resumed.num_timesteps == 1_000
-    print(f"rank {mpi_tools.rank()} LOAD OK", flush=True)
+    print(f"rank {comm.rank()} LOAD OK", flush=True)
+
+
+if __name__ == "__main__":
+    run(Path(sys.argv[1]))

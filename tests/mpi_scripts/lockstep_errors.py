@@ -1,11 +1,23 @@
 """
 Settings that would break lockstep must fail loudly, on every rank, before any training collective, naming the
 setting and each rank's value. One job tries every case in turn (each refused on both ranks, so both go on).
+
+The launcher's local-rank variable is removed first, so that the constructor (every rank runs it) has to find each
+rank's local rank with a collective, once; the last lines report the devices ``"auto"`` picks (device_choice.py).
 """
 
-from sb3_parallel_dqn import LockstepError, ParallelDQN, PrioritizedReplayBuffer, mpi_tools
+import os
 
-RANK = mpi_tools.rank()
+del os.environ["MPI_LOCALRANKID"]  # before the package reads the launcher's variables
+
+# isort: split
+from sb3_parallel_dqn import LockstepError, ParallelDQN, PrioritizedReplayBuffer
+from sb3_parallel_dqn.distributed import comm
+
+# isort: split
+from device_choice import report_devices
+
+RANK = comm.rank()
 # Each case: keyword arguments of rank 0 and of rank 1 (constructor) or of learn(); and the expected message.
 CASES = [
     ("n_envs", {"n_envs": 1}, {"n_envs": 2, "vec_env_cls": "dummy"}, "n_envs: [1, 2]"),
@@ -31,3 +43,4 @@ if __name__ == "__main__":
             print(f"rank {RANK} refused {name}: {verdict}", flush=True)
         else:
             print(f"rank {RANK} trained anyway: {name}", flush=True)
+    report_devices(n_gpus=2)

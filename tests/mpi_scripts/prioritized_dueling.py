@@ -11,11 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from sb3_parallel_dqn import ParallelDQN, PrioritizedReplayBuffer, mpi_tools
+from sb3_parallel_dqn import ParallelDQN, PrioritizedReplayBuffer
+from sb3_parallel_dqn.distributed import comm
 
-if __name__ == "__main__":
-    out_dir = Path(sys.argv[1])
-    rank = mpi_tools.rank()
+
+def run(out_dir: Path) -> None:
+    rank = comm.rank()
     model = ParallelDQN(
         "MlpPolicy",
         "CartPole-v1",
@@ -37,7 +38,7 @@ if __name__ == "__main__":
     )
     local_max, divided_by = [], []
     sample_prioritized = model.replay_buffer.sample_prioritized
-    allreduce_max_ = mpi_tools.allreduce_max_
+    allreduce_max_ = comm.allreduce_max_
 
     def recording_sample(*args, **kwargs):
         replay_data, weights, leaves = sample_prioritized(*args, **kwargs)
@@ -50,8 +51,11 @@ if __name__ == "__main__":
         return result
 
     model.replay_buffer.sample_prioritized = recording_sample
-    mpi_tools.allreduce_max_ = recording_allreduce_max_
-    model.learn(2_000)
+    comm.allreduce_max_ = recording_allreduce_max_
+    try:
+        model.learn(2_000)
+    finally:
+        comm.allreduce_max_ = allreduce_max_
     state = {name: tensor.cpu().numpy() for name, tensor in model.policy.state_dict().items()}
     np.savez(out_dir / f"weights_rank{rank}.npz", **state)
     buffer = model.replay_buffer
@@ -65,3 +69,7 @@ if __name__ == "__main__":
     }
     (out_dir / f"info_rank{rank}.json").write_text(json.dumps(info))
     model.env.close()
+
+
+if __name__ == "__main__":
+    run(Path(sys.argv[1]))

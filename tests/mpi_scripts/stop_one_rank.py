@@ -10,22 +10,22 @@ from pathlib import Path
 
 from stable_baselines3.common.callbacks import BaseCallback
 
-from sb3_parallel_dqn import ParallelDQN, mpi_tools
+from sb3_parallel_dqn import ParallelDQN
 from sb3_parallel_dqn.checkpoints import ParallelCheckpointCallback
+from sb3_parallel_dqn.distributed import comm
 
 
 class StopOnRankOne(BaseCallback):
     def _on_step(self) -> bool:
-        return not (mpi_tools.rank() == 1 and self.n_calls >= 140)
+        return not (comm.rank() == 1 and self.n_calls >= 140)
 
 
 def monitor_episodes(model: ParallelDQN) -> int:
     return len(model.get_env().envs[0].get_episode_rewards())  # type: ignore[attr-defined]
 
 
-if __name__ == "__main__":
-    out_dir = Path(sys.argv[1])
-    rank = mpi_tools.rank()
+def run(out_dir: Path) -> None:
+    rank = comm.rank()
     kwargs = {"learning_starts": 100, "train_freq": 16, "gradient_steps": 4, "policy_kwargs": {"net_arch": [16]}}
     model = ParallelDQN("MlpPolicy", "CartPole-v1", seed=0, **kwargs)
     # Rank 1 stops at its step 140 (global 280 by its count), rank 0 at the end of that rollout (its step 144, global
@@ -42,7 +42,7 @@ if __name__ == "__main__":
     model.learn(64, reset_num_timesteps=False)
     info["num_timesteps_after_more"] = model.num_timesteps
     model.save(out_dir / "model")
-    mpi_tools.comm().Barrier()  # type: ignore[union-attr]
+    comm.comm().Barrier()  # type: ignore[union-attr]
 
     # Every rank resumes from rank 0's file: rank 1 must not count rank 0's restored episodes as its own.
     resumed = ParallelDQN.load(out_dir / "model", env=model.get_env())
@@ -54,3 +54,7 @@ if __name__ == "__main__":
     info["new_monitor_episodes"] = monitor_episodes(resumed) - episodes_before
     (out_dir / f"stop_rank{rank}.json").write_text(json.dumps(info))
     print(f"rank {rank} left learn() at {model.num_timesteps} steps", flush=True)
+
+
+if __name__ == "__main__":
+    run(Path(sys.argv[1]))

@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 from mpi4py import MPI  # noqa: F401 - the import itself is what this script tests
 
-from sb3_parallel_dqn import ParallelDQN, mpi_tools
+from sb3_parallel_dqn import ParallelDQN
+from sb3_parallel_dqn.distributed import comm
 
-if __name__ == "__main__":
-    start_method, out_dir = sys.argv[1], Path(sys.argv[2])
-    n_steps = int(sys.argv[3]) if len(sys.argv) > 3 else 1
-    rank = mpi_tools.rank()
+
+def run(out_dir: Path, start_method: str, n_steps: int = 1) -> None:
+    rank = comm.rank()
     model = ParallelDQN(
         "MlpPolicy",
         "CartPole-v1",
@@ -41,7 +41,7 @@ if __name__ == "__main__":
     state = {name: tensor.cpu().numpy() for name, tensor in model.policy.state_dict().items()}
     np.savez(out_dir / f"weights_rank{rank}.npz", **state)
     info = {
-        "world_size": mpi_tools.world_size(),
+        "world_size": comm.world_size(),
         "num_timesteps": model.num_timesteps,
         "n_updates": model._n_updates,
         "local_episode_rewards": [float(ep["r"]) for ep in model.ep_info_buffer],
@@ -51,3 +51,7 @@ if __name__ == "__main__":
     }
     (out_dir / f"info_rank{rank}.json").write_text(json.dumps(info))
     model.env.close()
+
+
+if __name__ == "__main__":
+    run(Path(sys.argv[2]), sys.argv[1], int(sys.argv[3]) if len(sys.argv) > 3 else 1)

@@ -5,7 +5,9 @@ The SB3 habits of an MPI user, under ``mpirun -np 2``:
   method, ``forkserver`` and ``spawn`` (spawn/forkserver workers re-import this script, and with it mpi4py: they
   crashed in ``MPI_Init``, ``PMI_Init returned -1``, while they inherited the launcher's variables);
 - rank 0 alone loads a model (``device="auto"``) before any model was built: this used to hang in a collective
-  that the other rank never joined.
+  that the other rank never joined;
+- ``device="auto"`` maps rank r to ``cuda:{local_rank % n_gpus}``, the local rank as the launcher published it (this
+  machine may have no GPU: the script pretends to have 2 at the end).
 
 Usage: ``user_vec_envs.py MODEL.zip``. Prints one OK line per property and rank.
 """
@@ -13,12 +15,17 @@ Usage: ``user_vec_envs.py MODEL.zip``. Prints one OK line per property and rank.
 import sys
 
 import numpy as np
+
+# The issue's order: mpi4py first (MPI initialised by the script), SB3, then this package.
 from mpi4py import MPI
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import SubprocVecEnv
 
 from sb3_parallel_dqn import ParallelDQN
-from sb3_parallel_dqn.mpi_pytorch import module_checksum
+from sb3_parallel_dqn.distributed.gradients import module_checksum
+
+# isort: split
+from device_choice import report_devices
 
 if __name__ == "__main__":
     world = MPI.COMM_WORLD
@@ -33,8 +40,9 @@ if __name__ == "__main__":
         vec_env_kwargs = {} if start_method is None else {"start_method": start_method}
         env = make_vec_env("CartPole-v1", n_envs=2, vec_env_cls=SubprocVecEnv, vec_env_kwargs=vec_env_kwargs, seed=0)
         model = ParallelDQN("MlpPolicy", env, learning_starts=100, policy_kwargs={"net_arch": [16]}, seed=0)
-        model.learn(600)
+        model.learn(300)
         checksums = world.allgather(module_checksum(model.policy))
         env.close()
-        same = checksums[0] == checksums[1] and model.num_timesteps >= 600
+        same = checksums[0] == checksums[1] and model.num_timesteps >= 300 and model._n_updates > 0
         print(f"rank {rank} SubprocVecEnv start_method={start_method}: {'OK' if same else checksums}", flush=True)
+    report_devices(n_gpus=2)

@@ -6,12 +6,13 @@ import time
 
 from stable_baselines3.common.callbacks import BaseCallback
 
-from sb3_parallel_dqn import ParallelDQN, mpi_tools
+from sb3_parallel_dqn import ParallelDQN
+from sb3_parallel_dqn.distributed import comm
 
 
 class KillOwnEnvWorker(BaseCallback):
     def _on_step(self) -> bool:
-        if mpi_tools.rank() == 1 and self.n_calls == 200:
+        if comm.rank() == 1 and self.n_calls == 200:
             pid = self.training_env.unwrapped.processes[1].pid
             # The test measures the time from here to the end of mpirun.
             print(f"rank 1 killed env worker 1 (pid {pid}) at {time.time():.3f}", flush=True)

@@ -20,6 +20,8 @@ from stable_baselines3.common.buffers import NStepReplayBuffer, ReplayBuffer
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.vec_env import VecNormalize
 
+from sb3_parallel_dqn import compat
+
 # Gather several steps' batches at once only while the gathered arrays stay this small (Atari frames would not).
 MAX_GATHER_BYTES = 8 * 2**20
 
@@ -39,7 +41,7 @@ def sample_batches(
     steps_per_gather = max(1, min(gradient_steps, MAX_GATHER_BYTES // (bytes_per_transition * batch_size)))
     for first in range(0, gradient_steps, steps_per_gather):
         n_steps = min(steps_per_gather, gradient_steps - first)
-        samples = replay_buffer._get_samples(batch_inds[first * batch_size : (first + n_steps) * batch_size], env=env)
+        samples = compat.get_samples(replay_buffer, batch_inds[first * batch_size : (first + n_steps) * batch_size], env)
         for step in range(n_steps):
             rows = slice(step * batch_size, (step + 1) * batch_size)
             yield ReplayBufferSamples(*(None if tensor is None else tensor[rows] for tensor in samples))  # type: ignore[arg-type]

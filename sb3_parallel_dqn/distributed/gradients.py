@@ -11,14 +11,50 @@ import ctypes
 import os
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import torch as th
 
-from sb3_parallel_dqn import mpi_tools
-from sb3_parallel_dqn.flat_update import attach_flat_grads, reattach_grads
+from sb3_parallel_dqn.distributed import comm
+
+
+def flat_views(buffer: th.Tensor, like: Sequence[th.Tensor]) -> list[th.Tensor]:
+    """Consecutive views of ``buffer`` with the shapes of ``like``."""
+    views, offset = [], 0
+    for tensor in like:
+        views.append(buffer[offset : offset + tensor.numel()].view_as(tensor))
+        offset += tensor.numel()
+    return views
+
+
+def attach_flat_grads(parameters: Sequence[th.Tensor], extra: int = 0) -> tuple[th.Tensor, list[th.Tensor]]:
+    """
+    Give every parameter a zero ``.grad`` that is a view of one new flat buffer (plus ``extra`` trailing slots, e.g.
+    for a loss to reduce along). Autograd then accumulates straight into the buffer, as DDP's
+    ``gradient_as_bucket_view`` does.
+    """
+    n = sum(p.numel() for p in parameters)
+    buffer = th.zeros(n + extra, dtype=parameters[0].dtype, device=parameters[0].device)
+    views = flat_views(buffer, parameters)
+    for param, view in zip(parameters, views, strict=True):
+        param.grad = view
+    return buffer, views
+
+
+def reattach_grads(parameters: Sequence[th.Tensor], views: Sequence[th.Tensor]) -> None:
+    """
+    Make each ``.grad`` its view again where something replaced it (``optimizer.zero_grad(set_to_none=True)`` sets
+    ``None``; a user may assign a tensor): a replaced gradient is copied into its view, a missing one is zero.
+    """
+    for param, view in zip(parameters, views, strict=True):
+        if param.grad is None:
+            view.zero_()
+            param.grad = view
+        elif param.grad.data_ptr() != view.data_ptr():
+            view.copy_(param.grad)
+            param.grad = view
 
 
 class WeightsDivergedError(RuntimeError):
@@ -46,7 +82,7 @@ def cuda_aware_mpi() -> bool:
 
 def broadcast_module_(module: th.nn.Module, root: int = 0) -> None:
     """Overwrite every parameter and buffer of ``module`` with ``root``'s values (one ``Bcast`` per dtype)."""
-    if mpi_tools.world_size() == 1:
+    if comm.world_size() == 1:
         return
     by_dtype: dict[th.dtype, list[th.Tensor]] = {}
     for tensor in module.state_dict(keep_vars=True).values():
@@ -55,7 +91,7 @@ def broadcast_module_(module: th.nn.Module, root: int = 0) -> None:
     for dtype in sorted(by_dtype, key=str):
         tensors = by_dtype[dtype]
         flat = th.cat([t.detach().reshape(-1).cpu() for t in tensors])
-        mpi_tools.broadcast_(flat.numpy(), root=root)
+        comm.broadcast_(flat.numpy(), root=root)
         offset = 0
         with th.no_grad():
             for tensor in tensors:
@@ -66,14 +102,14 @@ def broadcast_module_(module: th.nn.Module, root: int = 0) -> None:
 
 def broadcast_optimizer_(optimizer: th.optim.Optimizer, root: int = 0) -> None:
     """Give every rank ``root``'s optimizer state (e.g. Adam moments after loading a checkpoint)."""
-    if mpi_tools.world_size() == 1:
+    if comm.world_size() == 1:
         return
     state: dict[str, Any] | None = None
-    if mpi_tools.rank() == root:
+    if comm.rank() == root:
         # Send CPU tensors: load_state_dict() moves them to each rank's own parameter device.
         state = _to_cpu(optimizer.state_dict())
-    state = mpi_tools.broadcast_object(state, root=root)
-    if mpi_tools.rank() != root:
+    state = comm.broadcast_object(state, root=root)
+    if comm.rank() != root:
         optimizer.load_state_dict(state)  # type: ignore[arg-type]
 
 
@@ -102,9 +138,9 @@ def check_synced(module: th.nn.Module, n_updates: int) -> None:
 
     One small ``Allgather``; every rank receives the same table, so every rank raises (no rank is left waiting).
     """
-    if mpi_tools.world_size() == 1:
+    if comm.world_size() == 1:
         return
-    checksums = mpi_tools.allgather(np.array([module_checksum(module)], dtype=np.int64))[:, 0]
+    checksums = comm.allgather(np.array([module_checksum(module)], dtype=np.int64))[:, 0]
     diverged = [r for r in range(len(checksums)) if checksums[r] != checksums[0]]
     if diverged:
         raise WeightsDivergedError(
@@ -132,7 +168,7 @@ class GradientAverager:
         dtypes = {p.dtype for p in self.parameters}
         if dtypes != {th.float32}:
             raise TypeError(f"Gradient averaging supports float32 parameters only, got {sorted(map(str, dtypes))}")
-        self.world_size = mpi_tools.world_size()
+        self.world_size = comm.world_size()
         device = self.parameters[0].device
         self.buffer, self._views = attach_flat_grads(self.parameters, extra=1)
         self._loss_slot = self.buffer[-1:]
@@ -175,7 +211,7 @@ class GradientAverager:
             self._host.copy_(self.buffer)
         elif self.buffer.is_cuda:
             th.cuda.current_stream(self.buffer.device).synchronize()
-        mpi_tools.allreduce_sum_(self._mpi_array)
+        comm.allreduce_sum_(self._mpi_array)
         if self._host is not None:
             self.buffer.copy_(self._host, non_blocking=True)
         self.sync_seconds += time.perf_counter() - start

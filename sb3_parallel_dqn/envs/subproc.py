@@ -7,7 +7,7 @@ env, the parent only sees its end of the pipe break: an ``EOFError``, ``BrokenPi
 :class:`ParallelSubprocVecEnv` turns every such failure into an :class:`EnvWorkerError` that names the worker, its
 rank, its global env index and pid, and says how it ended (the signal, the exit code, or the worker's traceback).
 Under ``mpirun`` the error propagates out of ``learn()`` like any other, so
-:func:`sb3_parallel_dqn.mpi_tools.abort_on_uncaught_exception` ends the whole job.
+:func:`sb3_parallel_dqn.distributed.comm.abort_on_uncaught_exception` ends the whole job.
 """
 
 from __future__ import annotations
@@ -24,10 +24,9 @@ from typing import Any
 
 import gymnasium as gym
 from stable_baselines3.common.vec_env import SubprocVecEnv
-from stable_baselines3.common.vec_env import subproc_vec_env as sb3_subproc
-from stable_baselines3.common.vec_env.base_vec_env import CloudpickleWrapper
 
-from sb3_parallel_dqn import mpi_tools
+from sb3_parallel_dqn import compat
+from sb3_parallel_dqn.distributed import comm, lockstep
 
 # How long to wait for a worker whose pipe broke to finish dying: the pipe breaks as the kernel tears the process
 # down, a moment before its exit code can be read.
@@ -98,7 +97,7 @@ def _ignore_signal(signum: int, frame: FrameType | None) -> None:
     pass
 
 
-def _worker(remote: Connection, parent_remote: Connection, env_fn_wrapper: CloudpickleWrapper) -> None:
+def _worker(remote: Connection, parent_remote: Connection, env_fn_wrapper: Any) -> None:
     """
     SB3's worker loop, plus a last message with the traceback when the env raises.
 
@@ -111,7 +110,7 @@ def _worker(remote: Connection, parent_remote: Connection, env_fn_wrapper: Cloud
     # by programs the env starts (a simulator), which should still stop on Ctrl-C.
     signal.signal(signal.SIGINT, _ignore_signal)
     try:
-        sb3_subproc._worker(remote, parent_remote, env_fn_wrapper)
+        compat.subproc_worker()(remote, parent_remote, env_fn_wrapper)
     except Exception:
         try:
             remote.send(_WorkerFailure(traceback.format_exc()[-_MAX_TRACEBACK_CHARS:]))
@@ -234,9 +233,9 @@ class ParallelSubprocVecEnv(SubprocVecEnv):
         self.closed = False
         self._starting = True
         self._failure: EnvWorkerError | None = None
-        # Before starting any worker: make_parallel_vec_env starts them with the MPI launcher's variables removed,
-        # under which mpi_tools would no longer know it runs under MPI if this were its first call.
-        self.rank = mpi_tools.rank()
+        # Before starting any worker: under a launcher this initialises MPI, which takes the launcher's variables out
+        # of the environment that the workers inherit.
+        self.rank = comm.rank()
 
         if start_method is None:
             # Fork is not a thread safe method (see issue #217)
@@ -253,7 +252,7 @@ class ParallelSubprocVecEnv(SubprocVecEnv):
         self.processes = []
         for env_fn in env_fns:
             remote, work_remote = ctx.Pipe()
-            args = (work_remote, remote, CloudpickleWrapper(env_fn))
+            args = (work_remote, remote, compat.cloudpickle_wrapper(env_fn))
             # daemon=True: if the main process crashes, we should not cause things to hang
             process = ctx.Process(target=_worker, args=args, daemon=True)  # type: ignore[attr-defined]
             process.start()
@@ -311,7 +310,7 @@ class ParallelSubprocVecEnv(SubprocVecEnv):
             )
 
     def _worker_name(self, index: int) -> str:
-        global_index = self.rank * len(self.processes) + index
+        global_index = lockstep.global_env_index(len(self.processes), index, self.rank)
         return f"env worker {index} of rank {self.rank} (global env index {global_index}, pid {self.processes[index].pid})"
 
     def _worker_lost(self, index: int, error: BaseException) -> EnvWorkerError:
@@ -328,7 +327,7 @@ class ParallelSubprocVecEnv(SubprocVecEnv):
             if other != index and other_process.exitcode is not None:
                 descriptions.append(f"{self._worker_name(other)} died: {_describe_exit(other_process.exitcode)}")
         message = "; ".join(descriptions)
-        if self._starting and mpi_tools.launched_by_mpi():
+        if self._starting and comm.launched_by_mpi():
             message += f". {MPI_INIT_HINT}"
         return self._fail(index, message, exitcode=process.exitcode)
 
@@ -343,7 +342,7 @@ class ParallelSubprocVecEnv(SubprocVecEnv):
             message,
             index,
             self.rank,
-            self.rank * len(self.processes) + index,
+            lockstep.global_env_index(len(self.processes), index, self.rank),
             self.processes[index].pid,
             exitcode,
             worker_traceback,

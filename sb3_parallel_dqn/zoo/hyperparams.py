@@ -8,7 +8,7 @@ that accepts literals, ``dict(...)`` calls with keyword arguments and a fixed al
 (:data:`ALLOWED_NAMES`), and rejects everything else. Nothing from a config file is ever executed or imported here.
 
 The class keys ``env_wrapper``, ``vec_env_wrapper`` and ``callback`` name classes by their import path, as in the
-zoo. This module only checks their form (see :func:`class_entries`); :func:`sb3_parallel_dqn.zoo_env.split_hyperparams`
+zoo. This module only checks their form (see :func:`class_entries`); :func:`sb3_parallel_dqn.zoo.envs.split_hyperparams`
 imports the named module and accepts the object only if it is a class of the expected kind.
 
 :func:`load_hyperparams` picks the entry for an environment (its own id, else ``atari`` for Atari ids, else
@@ -19,9 +19,9 @@ checks their ranges, so that a typo or an out-of-range value fails before any pr
 from __future__ import annotations
 
 import ast
+import dataclasses
 import difflib
 import inspect
-import math
 import os
 import re
 from collections.abc import Callable
@@ -36,42 +36,15 @@ from stable_baselines3.common.torch_layers import CombinedExtractor, FlattenExtr
 from stable_baselines3.common.utils import LinearSchedule
 from stable_baselines3.common.vec_env import VecNormalize
 
+from sb3_parallel_dqn import validation
 from sb3_parallel_dqn.prioritized_replay import PrioritizedReplayBuffer
+from sb3_parallel_dqn.validation import ConfigError
+
+__all__ = ["ConfigError", "Entry", "load_entry", "load_hyperparams", "parse_literal", "parse_override"]
 
 # Shipped inside the package, so that a non-editable install has it too; the repository's zoo_configs/dqn.yml is a
 # link to this file.
-DEFAULT_CONF_FILE = Path(__file__).resolve().parent / "zoo_configs" / "dqn.yml"
-
-
-class ConfigError(ValueError):
-    """
-    A hyperparameter file, entry or value that cannot be used.
-
-    The message names the file, the entry (section) and the key whenever they are known, so that the user can
-    go straight to the offending line. They are also kept as attributes for programmatic use.
-
-    :param reason: what is wrong, without the location
-    :param file: the YAML file, if known
-    :param entry: the entry (section) of the file, e.g. ``CartPole-v1``, if known
-    :param key: the hyperparameter, if known
-    """
-
-    def __init__(
-        self, reason: str, file: str | os.PathLike[str] | None = None, entry: str | None = None, key: str | None = None
-    ) -> None:
-        self.reason = reason
-        self.file = None if file is None else str(file)
-        self.entry = entry
-        self.key = key
-        where = [f"file {self.file}"] if self.file is not None else []
-        where += [f"entry '{entry}'"] if entry is not None else []
-        where += [f"key '{key}'"] if key is not None else []
-        super().__init__(f"{', '.join(where)}: {reason}" if where else reason)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Exceptions pickle through ``self.args`` (the formatted message) by default, which would not round-trip
-        # through this constructor; ranks and subprocess workers may need to ship the error back.
-        return (type(self), (self.reason, self.file, self.entry, self.key))
+DEFAULT_CONF_FILE = Path(__file__).resolve().parent / "configs" / "dqn.yml"
 
 
 def _allowed_names() -> dict[str, object]:
@@ -246,57 +219,7 @@ def is_atari(env_id: str) -> bool:
     return "ale_py" in entry_point or "atari" in entry_point.lower()
 
 
-# --- conversion of single values; each raises ConfigError(reason) and the caller adds file/entry/key ---------
-
-
-def _number(value: Any) -> float:
-    """A finite real number; booleans (an ``int`` subclass) and strings are refused."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        hint = ""
-        if isinstance(value, str):
-            # PyYAML follows YAML 1.1, where ``1e5`` (no dot) is a string: the zoo writes ``!!float 1e5``.
-            hint = "; write numbers in scientific notation as !!float 1e5"
-        raise ConfigError(f"expected a number, got {type(value).__name__} {value!r}{hint}")
-    if not math.isfinite(value):
-        raise ConfigError(f"expected a finite number, got {value!r}")
-    return value
-
-
-def _integer(value: Any) -> int:
-    """An ``int``, also from a float with an integral value (``!!float 1e5``)."""
-    number = _number(value)
-    if isinstance(number, float):
-        if not number.is_integer():
-            raise ConfigError(f"expected an integer, got {value!r}")
-        return int(number)
-    return number
-
-
-def _int_at_least(minimum: int) -> Callable[[Any], int]:
-    def convert(value: Any) -> int:
-        result = _integer(value)
-        if result < minimum:
-            raise ConfigError(f"must be >= {minimum}, got {result}")
-        return result
-
-    return convert
-
-
-def _float_in(check: Callable[[float], bool], bounds: str) -> Callable[[Any], float]:
-    def convert(value: Any) -> float:
-        result = float(_number(value))
-        if not check(result):
-            raise ConfigError(f"must satisfy {bounds}, got {result!r}")
-        return result
-
-    return convert
-
-
-def _gradient_steps(value: Any) -> int:
-    result = _integer(value)
-    if result < 1 and result != -1:
-        raise ConfigError(f"must be >= 1, or -1 for as many steps as collected transitions, got {result}")
-    return result
+# --- conversion of the zoo's own forms; each raises ConfigError(reason) and the caller adds file/entry/key ---------
 
 
 def _learning_rate(value: Any) -> float | Callable[[float], float]:
@@ -307,16 +230,8 @@ def _learning_rate(value: Any) -> float | Callable[[float], float]:
             initial = float(value[len("lin_") :])
         except ValueError:
             raise ConfigError(f"cannot read the initial value of {value!r}") from None
-        return linear_schedule(_float_in(lambda v: v > 0, "> 0")(initial))
-    return _float_in(lambda v: v > 0, "learning_rate > 0")(value)
-
-
-def _train_freq(value: Any) -> int | tuple[int, str]:
-    if isinstance(value, (list, tuple)):
-        if len(value) != 2 or value[1] not in ("step", "episode"):
-            raise ConfigError(f"expected an integer or [<frequency>, 'step' | 'episode'], got {value!r}")
-        return (_int_at_least(1)(value[0]), value[1])
-    return _int_at_least(1)(value)
+        return linear_schedule(validation.float_in(lambda v: v > 0, "> 0")(initial))
+    return validation.learning_rate(value)
 
 
 def _kwargs_dict(key: str) -> Callable[[Any], dict[str, Any]]:
@@ -335,16 +250,6 @@ def _replay_buffer_class(value: Any) -> object:
     if not isinstance(value, str) or value not in _BUFFER_CLASSES:
         raise ConfigError(f"expected one of {sorted(_BUFFER_CLASSES)}, got {value!r}")
     return _BUFFER_CLASSES[value]
-
-
-def _of_type(*types: type) -> Callable[[Any], Any]:
-    def convert(value: Any) -> Any:
-        if not isinstance(value, types):
-            expected = " or ".join(t.__name__ for t in types)
-            raise ConfigError(f"expected {expected}, got {type(value).__name__} {value!r}")
-        return value
-
-    return convert
 
 
 def _one_of(*choices: str) -> Callable[[Any], str]:
@@ -445,48 +350,27 @@ def class_entries(value: Any, key: str) -> list[tuple[str | type, dict[str, Any]
 def _class_key(key: str) -> Callable[[Any], Any]:
     def convert(value: Any) -> Any:
         # Checked here so that a malformed value is reported with its file and entry; kept as written, so that the
-        # run's saved config is still a valid zoo entry. zoo_env.split_hyperparams resolves the names.
+        # run's saved config is still a valid zoo entry. zoo.envs.split_hyperparams resolves the names.
         class_entries(value, key)
         return value
 
     return convert
 
 
-def _probability(key: str) -> Callable[[Any], float]:
-    return _float_in(lambda v: 0 <= v <= 1, f"0 <= {key} <= 1")
-
-
 # One converter per known key. Keys meant for the training script rather than the model (n_timesteps, n_envs,
 # policy, frame_stack, env_wrapper, normalize, vec_env_wrapper, callback, env_kwargs, vec_env) are converted and
-# checked too, but importing wrappers or callbacks is left to zoo_env.split_hyperparams.
+# checked too, but importing wrappers or callbacks is left to zoo.envs.split_hyperparams.
 _CONVERTERS: dict[str, Callable[[Any], Any]] = {
-    "n_timesteps": _int_at_least(1),
-    "n_envs": _int_at_least(1),
-    "policy": _of_type(str),
+    **validation.ARGUMENT_RULES,
+    "n_timesteps": validation.int_at_least(1),
+    "policy": validation.of_type(str),
     "policy_kwargs": _kwargs_dict("policy_kwargs"),
     "replay_buffer_kwargs": _kwargs_dict("replay_buffer_kwargs"),
     "env_kwargs": _kwargs_dict("env_kwargs"),
     "learning_rate": _learning_rate,
-    "train_freq": _train_freq,
     "replay_buffer_class": _replay_buffer_class,
-    "exploration_fraction": _probability("exploration_fraction"),
-    "exploration_initial_eps": _probability("exploration_initial_eps"),
-    "exploration_final_eps": _probability("exploration_final_eps"),
-    "gamma": _probability("gamma"),
-    "tau": _float_in(lambda v: 0 < v <= 1, "0 < tau <= 1"),
-    "max_grad_norm": _float_in(lambda v: v > 0, "max_grad_norm > 0"),
-    "buffer_size": _int_at_least(1),
-    "batch_size": _int_at_least(1),
-    "learning_starts": _int_at_least(0),
-    "gradient_steps": _gradient_steps,
-    "target_update_interval": _int_at_least(1),
-    "n_steps": _int_at_least(1),
-    "double_q": _of_type(bool),
-    "optimize_memory_usage": _of_type(bool),
-    "stats_window_size": _int_at_least(1),
-    "sync_check_interval": _int_at_least(0),
     # The zoo treats a false-y frame_stack as "no frame stacking", hence 0 is allowed.
-    "frame_stack": _int_at_least(0),
+    "frame_stack": validation.int_at_least(0),
     "env_wrapper": _class_key("env_wrapper"),
     "normalize": _normalize,
     "vec_env_wrapper": _class_key("vec_env_wrapper"),
@@ -496,31 +380,6 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
 
 #: Every key a hyperparameter entry may hold.
 KNOWN_KEYS: frozenset[str] = frozenset(_CONVERTERS)
-
-
-# The ParallelDQN constructor arguments that check_model_kwargs checks, with the same rules as a config file.
-_MODEL_ARGUMENTS = (
-    "learning_rate", "buffer_size", "learning_starts", "batch_size", "tau", "gamma", "train_freq", "gradient_steps",
-    "target_update_interval", "exploration_fraction", "exploration_initial_eps", "exploration_final_eps",
-    "max_grad_norm", "n_steps", "double_q", "stats_window_size", "sync_check_interval", "n_envs",
-)  # fmt: skip
-
-
-def check_model_kwargs(**kwargs: Any) -> None:
-    """
-    Check constructor arguments of ``ParallelDQN`` as a config file's values are checked (types and ranges), so that
-    the Python API refuses ``batch_size=0`` or ``exploration_final_eps=1.5`` with a :class:`ConfigError` naming the
-    argument, rather than failing somewhere inside training. Schedules given as callables are not checked.
-
-    :raises ConfigError: for the first value of the wrong type or out of range
-    """
-    for key, value in kwargs.items():
-        if key not in _MODEL_ARGUMENTS or (key == "learning_rate" and callable(value)):
-            continue
-        try:
-            _CONVERTERS[key](value)
-        except ConfigError as err:
-            raise ConfigError(err.reason, key=key) from None
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -564,9 +423,30 @@ def load_raw_entry(env_id: str, conf_file: str | os.PathLike[str] | None = None)
     return dict(entry), section
 
 
-def load_hyperparams(
-    env_id: str, conf_file: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None
-) -> tuple[dict[str, Any], str]:
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """
+    A config entry, read once: as written (what a run folder's ``config.yml`` stores, so that it reads back through
+    :func:`load_hyperparams`) and converted.
+
+    :param raw: the entry's keys and values as in the file, with the overrides (as given) applied
+    :param hyperparams: the same, converted and checked
+    :param section: the entry's name (the env id, ``atari`` or ``default``)
+    :param file: the file it came from
+    """
+
+    raw: dict[str, Any]
+    hyperparams: dict[str, Any]
+    section: str
+    file: Path
+
+
+def load_entry(
+    env_id: str,
+    conf_file: str | os.PathLike[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    raw_overrides: dict[str, Any] | None = None,
+) -> Entry:
     """
     Read the hyperparameters of ``env_id`` from a zoo-format YAML file, converted and checked.
 
@@ -579,12 +459,14 @@ def load_hyperparams(
     ``env_wrapper``, ``vec_env_wrapper`` and ``callback`` are checked by :func:`class_entries` but kept as written;
     ``n_envs`` defaults to 1. Script-level keys (``n_timesteps``, ``n_envs``, ``policy``, ``frame_stack``,
     ``env_wrapper``, ``normalize``, ``vec_env_wrapper``, ``callback``, ``env_kwargs``, ``vec_env``) stay in the
-    result: :func:`sb3_parallel_dqn.zoo_env.split_hyperparams` takes them out before the model is built.
+    result: :func:`sb3_parallel_dqn.zoo.envs.split_hyperparams` takes them out before the model is built.
 
     :param env_id: the gymnasium environment id
-    :param conf_file: the YAML file; defaults to the package's ``zoo_configs/dqn.yml``
+    :param conf_file: the YAML file; defaults to the package's ``zoo/configs/dqn.yml``
     :param overrides: values that replace (or add to) those of the entry
-    :return: the hyperparameters, and the name of the entry they came from
+    :param raw_overrides: the overrides as a YAML file would hold them (see
+        :func:`sb3_parallel_dqn.zoo.run_folder.yaml_value`), for :attr:`Entry.raw`; default: ``overrides``
+    :return: the entry
     :raises ConfigError: for a missing or invalid file, no applicable entry, an unknown key (with the closest known
         one as a suggestion) or a value of the wrong type or out of range
     """
@@ -606,7 +488,16 @@ def load_hyperparams(
             hyperparams[key] = _CONVERTERS[key](value)
         except ConfigError as err:
             raise ConfigError(err.reason, file=path, entry=section, key=key) from None
-    return hyperparams, section
+    raw_entry = {**entry, **(overrides if raw_overrides is None else raw_overrides)} if overrides else entry
+    return Entry(raw_entry, hyperparams, section, path)
+
+
+def load_hyperparams(
+    env_id: str, conf_file: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], str]:
+    """:func:`load_entry`'s converted hyperparameters and the entry's name."""
+    entry = load_entry(env_id, conf_file, overrides)
+    return entry.hyperparams, entry.section
 
 
 # A value that is not a Python literal but reads naturally as a plain string on a command line: a policy name,

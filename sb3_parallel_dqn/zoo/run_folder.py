@@ -21,8 +21,7 @@ from typing import Any
 import yaml
 
 from sb3_parallel_dqn.checkpoints import list_checkpoints
-
-ALGO = "parallel_dqn"
+from sb3_parallel_dqn.zoo import ALGO
 
 
 def run_ids(log_folder: str | os.PathLike[str], env_id: str, algo: str = ALGO) -> dict[int, pathlib.Path]:

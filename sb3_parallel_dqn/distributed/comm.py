@@ -1,11 +1,18 @@
 """
-Tiny MPI helpers, in the spirit of Spinning Up's ``mpi_tools.py``.
+Tiny MPI helpers, in the spirit of Spinning Up's ``mpi_tools.py``: the world communicator, this process' place in
+the job, the launcher's environment, and one collective per verb on flat numpy buffers.
 
 Every helper is a free no-op with one process. MPI is *not* initialised when this module is imported:
 ``mpi4py.MPI`` is imported (which calls ``MPI_Init``) only on first use, and only if the process was started
 by an MPI launcher (``mpirun``/``mpiexec``/``srun``) or the user already imported ``mpi4py.MPI``. A plain
 ``python train.py`` therefore never touches MPI, which keeps single-process runs free of MPI's start-up cost and
-lets ``ParallelDQN.load`` work anywhere.
+lets ``ParallelDQN.load`` work anywhere. Under a launcher, importing the package initialises MPI
+(:func:`init_if_launched`), and once MPI is initialised the launcher's variables leave ``os.environ``
+(:func:`hide_launcher_env`), so that env workers started by anyone come up outside the job.
+
+Collectives here are only called from code that every rank runs the same number of times, in the same order
+(``ParallelDQN``'s constructor, ``learn`` and its rollouts and gradient steps); never from code one rank may run
+alone (``load``, evaluation, saving, device choice).
 """
 
 from __future__ import annotations
@@ -94,11 +101,16 @@ def hide_launcher_env() -> None:
             del os.environ[key]
 
 
-def hide_launcher_env_if_initialized() -> None:
-    """:func:`hide_launcher_env` if the user's code already initialised MPI (``from mpi4py import MPI``)."""
-    mpi = sys.modules.get("mpi4py.MPI")
-    if mpi is not None and launched_by_mpi() and mpi.Is_initialized():
-        hide_launcher_env()
+def init_if_launched() -> None:
+    """
+    Under an MPI launcher, initialise MPI now (:func:`comm`), which also takes the launcher's variables out of the
+    environment, so that every process started afterwards, by anyone, comes up outside the job. The package calls
+    this when it is imported: then a script's own ``SubprocVecEnv``, built after ``import sb3_parallel_dqn``, works
+    with every start method, in whichever order the script imports mpi4py and this package. Without a launcher (and
+    in env workers) it does nothing: a plain process never touches MPI.
+    """
+    if launched_by_mpi():
+        comm()
 
 
 @cache
@@ -203,6 +215,19 @@ def _allreduce_(array: np.ndarray, op: str) -> np.ndarray:
 
         world.Allreduce(MPI.IN_PLACE, array, op=getattr(MPI, op))
     return array
+
+
+def time_allreduce(array: np.ndarray, repetitions: int = 2_000) -> float:
+    """Mean seconds of one in-place sum ``Allreduce`` of ``array`` back to back, after a warm-up (benchmarks only)."""
+    for _ in range(50):
+        allreduce_sum_(array)
+    world = comm()
+    if world is not None:
+        world.Barrier()
+    start = time.perf_counter()
+    for _ in range(repetitions):
+        allreduce_sum_(array)
+    return (time.perf_counter() - start) / repetitions
 
 
 def allgather(values: np.ndarray) -> np.ndarray:

@@ -19,47 +19,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch as th
-from torch.optim.adam import adam as functional_adam
+
+from sb3_parallel_dqn import compat
+from sb3_parallel_dqn.distributed.gradients import attach_flat_grads, flat_views, reattach_grads
 
 # Adam settings the flat path supports; anything else (amsgrad, fused, capturable, ...) takes optimizer.step().
 _FLAT_ADAM_OFF = ("amsgrad", "capturable", "differentiable", "fused")
-
-
-def flat_views(buffer: th.Tensor, like: Sequence[th.Tensor]) -> list[th.Tensor]:
-    """Consecutive views of ``buffer`` with the shapes of ``like``."""
-    views, offset = [], 0
-    for tensor in like:
-        views.append(buffer[offset : offset + tensor.numel()].view_as(tensor))
-        offset += tensor.numel()
-    return views
-
-
-def attach_flat_grads(parameters: Sequence[th.Tensor], extra: int = 0) -> tuple[th.Tensor, list[th.Tensor]]:
-    """
-    Give every parameter a zero ``.grad`` that is a view of one new flat buffer (plus ``extra`` trailing slots, e.g.
-    for a loss to reduce along). Autograd then accumulates straight into the buffer, as DDP's
-    ``gradient_as_bucket_view`` does.
-    """
-    n = sum(p.numel() for p in parameters)
-    buffer = th.zeros(n + extra, dtype=parameters[0].dtype, device=parameters[0].device)
-    views = flat_views(buffer, parameters)
-    for param, view in zip(parameters, views, strict=True):
-        param.grad = view
-    return buffer, views
-
-
-def reattach_grads(parameters: Sequence[th.Tensor], views: Sequence[th.Tensor]) -> None:
-    """
-    Make each ``.grad`` its view again where something replaced it (``optimizer.zero_grad(set_to_none=True)`` sets
-    ``None``; a user may assign a tensor): a replaced gradient is copied into its view, a missing one is zero.
-    """
-    for param, view in zip(parameters, views, strict=True):
-        if param.grad is None:
-            view.zero_()
-            param.grad = view
-        elif param.grad.data_ptr() != view.data_ptr():
-            view.copy_(param.grad)
-            param.grad = view
 
 
 def flat_adam_supported(optimizer: th.optim.Optimizer, parameters: Sequence[th.Tensor]) -> bool:
@@ -91,7 +56,7 @@ class FlatUpdate:
     :param parameters: the parameters to update, in the optimizer's order
     :param optimizer: the optimizer that owns them
     :param grad_buffer: an existing flat gradient buffer to use (whose leading elements the ``.grad`` views cover),
-        e.g. :class:`~sb3_parallel_dqn.mpi_pytorch.GradientAverager`'s; by default one is made here
+        e.g. :class:`~sb3_parallel_dqn.distributed.gradients.GradientAverager`'s; by default one is made here
     """
 
     def __init__(
@@ -158,7 +123,7 @@ class FlatUpdate:
         ``th.nn.utils.clip_grad_norm_(parameters, max_norm)``, same float operations: the norm of the per-tensor
         norms, then one multiply of the flat buffer by the clamped coefficient. Returns the total norm.
         """
-        norms = th._foreach_norm(self.grads, 2.0)
+        norms = compat.foreach_norm(self.grads, 2.0)
         total_norm = th.linalg.vector_norm(th.stack(norms), 2.0)
         clip_coef = float(max_norm) / (total_norm + 1e-6)
         self._flat_grad.mul_(th.clamp(clip_coef, max=1.0))
@@ -173,7 +138,7 @@ class FlatUpdate:
         beta1, beta2 = group["betas"]
         extra = {"decoupled_weight_decay": group["decoupled_weight_decay"]} if "decoupled_weight_decay" in group else {}
         with th.no_grad():
-            functional_adam(
+            compat.functional_adam(
                 [self.param_buffer],
                 [self._flat_grad],
                 [self.exp_avg_buffer],

@@ -18,29 +18,13 @@ from stable_baselines3.common.torch_layers import FlattenExtractor
 from stable_baselines3.dqn.policies import QNetwork
 from torch import nn
 from torch.nn import functional as F
-from torch.nn.modules import module as torch_module
+
+from sb3_parallel_dqn import compat
 
 QForward = Callable[[th.Tensor], th.Tensor]
 
 # Activation modules whose forward is exactly this function of the input.
 _ACTIVATIONS: dict[type[nn.Module], QForward] = {nn.ReLU: F.relu, nn.Tanh: th.tanh, nn.Sigmoid: th.sigmoid}
-
-
-def _has_hooks(module: nn.Module) -> bool:
-    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks)
-
-
-def _global_hooks() -> bool:
-    return any(
-        getattr(torch_module, name, None)
-        for name in (
-            "_global_forward_hooks",
-            "_global_forward_pre_hooks",
-            "_global_backward_hooks",
-            "_global_backward_pre_hooks",
-            "_global_forward_hooks_always_called",
-        )
-    )
 
 
 def q_forward(q_net: nn.Module) -> QForward:
@@ -49,7 +33,7 @@ def q_forward(q_net: nn.Module) -> QForward:
         return q_net
     layers = q_net.q_net
     modules = [q_net, q_net.features_extractor, *q_net.features_extractor.children(), layers, *layers]
-    if type(layers) is not nn.Sequential or _global_hooks() or any(_has_hooks(m) for m in modules):
+    if type(layers) is not nn.Sequential or compat.has_hooks(modules):
         return q_net
     flatten = q_net.features_extractor.flatten
     if type(flatten) is not nn.Flatten:

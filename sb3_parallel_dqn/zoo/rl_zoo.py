@@ -13,7 +13,7 @@ Every option of ``python -m rl_zoo3.train`` works, and the run lands where the z
   by ``train``, ``exp_manager``, ``enjoy``...) and DQN's search space for ``-optimize``. Call it from your own
   script to use other zoo tools with ``--algo parallel_dqn``;
 - ``--algo`` defaults to ``parallel_dqn`` (the zoo's default is ``ppo``);
-- ``-conf`` defaults to this project's ``zoo_configs/dqn.yml`` (:data:`sb3_parallel_dqn.hyperparams.DEFAULT_CONF_FILE`,
+- ``-conf`` defaults to this project's ``zoo_configs/dqn.yml`` (:data:`sb3_parallel_dqn.zoo.hyperparams.DEFAULT_CONF_FILE`,
   recorded in ``args.yml``; without it, exit code 2 and a request for ``-conf``): the zoo would look for
   ``hyperparams/parallel_dqn.yml`` inside rl_zoo3, which has none. The zoo reads the file itself, so its ``eval``
   of strings such as ``policy_kwargs`` applies, as for any zoo config (``scripts/train.py`` parses them without
@@ -31,7 +31,9 @@ each evaluate, and would write the same ``0.monitor.csv`` whenever they share a 
 - only rank 0 prints, evaluates (``evaluations.npz``, ``best_model.zip``), checkpoints, shows ``-P``'s progress
   bar and writes the config files; the model zip is rank 0's (``ParallelDQN.save`` only writes there);
 - refused with exit code 2: another ``--algo``, ``-optimize`` and ``--track`` (each rank would sample its own
-  hyperparameters or start its own wandb run), and ``normalize`` (each rank would normalise with its own statistics).
+  hyperparameters or start its own wandb run);
+- ``normalize``: as with ``scripts/train.py``, each rank normalises with its own running statistics (its envs are
+  i.i.d. copies, so they agree up to sampling noise) and rank 0's are saved, once, atomically.
   ``--save-replay-buffer`` writes one ``replay_buffer.rank<r>.pkl`` per rank, which the zoo's ``-i`` does not look
   for: resume those with ``scripts/train.py``.
 
@@ -54,11 +56,14 @@ from collections.abc import Iterator
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from sb3_parallel_dqn import mpi_tools
 from sb3_parallel_dqn.callbacks import GlobalProgressBarCallback
-from sb3_parallel_dqn.env_util import make_parallel_vec_env
-from sb3_parallel_dqn.hyperparams import DEFAULT_CONF_FILE
-from sb3_parallel_dqn.parallel_dqn import ParallelDQN, set_torch_threads
+from sb3_parallel_dqn.checkpoints import save_vecnormalize
+from sb3_parallel_dqn.distributed import comm, lockstep
+from sb3_parallel_dqn.distributed.devices import set_torch_threads
+from sb3_parallel_dqn.envs import make_parallel_vec_env
+from sb3_parallel_dqn.parallel_dqn import ParallelDQN
+from sb3_parallel_dqn.zoo import ALGO
+from sb3_parallel_dqn.zoo.hyperparams import DEFAULT_CONF_FILE
 
 if TYPE_CHECKING:
     from rl_zoo3.exp_manager import ExperimentManager
@@ -69,7 +74,6 @@ if TYPE_CHECKING:
 else:
     _ManagerBase = object
 
-ALGO = "parallel_dqn"
 INSTALL_HINT = 'rl_zoo3 is not installed: pip install "sb3_parallel_dqn[zoo]"'
 
 
@@ -136,7 +140,7 @@ class _ParallelExperimentManager(_ManagerBase):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._rank, self._world_size = mpi_tools.rank(), mpi_tools.world_size()
+        self._rank, self._world_size = comm.rank(), comm.world_size()
         if self.algo == ALGO and self.args.conf_file is None:
             if not DEFAULT_CONF_FILE.is_file():
                 raise ZooUsageError(f"the default config {DEFAULT_CONF_FILE} is missing: pass -conf")
@@ -151,14 +155,14 @@ class _ParallelExperimentManager(_ManagerBase):
         if any(refused):
             raise ZooUsageError(f"not supported under mpirun: {', '.join(filter(None, refused))}; run it as one process")
         # Every rank computed a run id from the folder listing and drew a seed of its own; rank 0's count.
-        self.seed = self.args.seed = mpi_tools.broadcast_object(self.seed)
-        self.save_path = mpi_tools.broadcast_object(self.save_path)
+        self.seed = self.args.seed = comm.broadcast_object(self.seed)
+        self.save_path = comm.broadcast_object(self.save_path)
         self.params_path = f"{self.save_path}/{self.env_name}"
         # The zoo divides these by n_envs to count the callbacks' calls; each call is n_envs steps on every rank, so
-        # divide by the ranks too to keep them global, like -n. Only rank 0 evaluates and saves checkpoints.
+        # take this rank's share first to keep them global, like -n. Only rank 0 evaluates and saves checkpoints.
         for name in ("eval_freq", "save_freq"):
             freq = getattr(self, name)
-            setattr(self, name, max(freq // self._world_size, 1) if freq > 0 and self._rank == 0 else -1)
+            setattr(self, name, lockstep.per_rank(freq) if freq > 0 and self._rank == 0 else -1)
 
     def setup_experiment(self) -> tuple[BaseAlgorithm, dict[str, Any]] | None:
         result = super().setup_experiment()
@@ -166,12 +170,6 @@ class _ParallelExperimentManager(_ManagerBase):
             # The zoo set the threads before building the model, whose constructor then picked its own default.
             set_torch_threads(self.args.num_threads)
         return result
-
-    def _preprocess_normalization(self, hyperparams: dict[str, Any]) -> dict[str, Any]:
-        hyperparams = super()._preprocess_normalization(hyperparams)
-        if self.normalize and self._world_size > 1:
-            raise ZooUsageError("normalize is not supported under mpirun: each rank would normalise with its own statistics")
-        return hyperparams
 
     def create_envs(self, n_envs: int, eval_env: bool = False, no_log: bool = False) -> VecEnv:
         import rl_zoo3.exp_manager
@@ -197,6 +195,17 @@ class _ParallelExperimentManager(_ManagerBase):
         if self._rank == 0:  # every rank would write the same files at the same time
             super()._save_config(saved_hyperparams)
 
+    def save_trained_model(self, model: BaseAlgorithm) -> None:
+        # As the zoo, with one writer of the VecNormalize statistics (rank 0's, atomically), as scripts/train.py: every
+        # rank normalises with its own, and would write the same file at the same time.
+        normalize, self.normalize = self.normalize, False
+        try:
+            super().save_trained_model(model)
+        finally:
+            self.normalize = normalize
+        if normalize:
+            save_vecnormalize(model.get_vec_normalize_env(), os.path.join(self.params_path, "vecnormalize.pkl"))
+
 
 @functools.cache
 def _experiment_manager_class() -> type[ExperimentManager]:
@@ -208,7 +217,7 @@ def _experiment_manager_class() -> type[ExperimentManager]:
 @contextlib.contextmanager
 def _stdout_on_root_only() -> Iterator[None]:
     # The zoo prints its settings with print(); W copies help nobody. Errors still reach stderr from every rank.
-    if mpi_tools.is_root():
+    if comm.is_root():
         yield
         return
     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
@@ -240,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         ):
             rl_zoo3.train.train()
     except ZooUsageError as err:
-        if mpi_tools.is_root():
+        if comm.is_root():
             print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

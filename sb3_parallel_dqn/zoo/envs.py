@@ -5,7 +5,7 @@ The envs are wrapped as rl-baselines3-zoo's ``ExperimentManager.create_envs`` wr
 order, innermost first:
 
 1. ``Monitor``, then the ``env_wrapper`` classes in the order given (inside each env, see
-   :func:`sb3_parallel_dqn.env_util.make_parallel_vec_env`);
+   :func:`sb3_parallel_dqn.envs.make_parallel_vec_env`);
 2. the ``vec_env_wrapper`` classes, in the order given;
 3. ``VecNormalize`` (``normalize``), or the statistics loaded from a ``vecnormalize.pkl``;
 4. ``VecFrameStack`` (``frame_stack``);
@@ -26,7 +26,6 @@ import dataclasses
 import importlib
 import inspect
 import os
-from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -41,13 +40,11 @@ from stable_baselines3.common.vec_env import (
     VecNormalize,
     VecTransposeImage,
     is_vecenv_wrapped,
-    unwrap_vec_normalize,
 )
 
-from sb3_parallel_dqn import mpi_tools
-from sb3_parallel_dqn.checkpoints import atomic_path
-from sb3_parallel_dqn.env_util import make_parallel_vec_env
-from sb3_parallel_dqn.hyperparams import ConfigError, class_entries
+from sb3_parallel_dqn.envs import make_parallel_vec_env
+from sb3_parallel_dqn.validation import ConfigError
+from sb3_parallel_dqn.zoo.hyperparams import class_entries
 
 
 @dataclasses.dataclass
@@ -101,7 +98,7 @@ class EnvSettings:
     :param n_envs: envs per rank
     :param policy: the policy name
     :param env_kwargs: keyword arguments of ``gym.make``
-    :param vec_env: ``"dummy"``, ``"subproc"`` or None (see :func:`sb3_parallel_dqn.env_util.resolve_vec_env_cls`)
+    :param vec_env: ``"dummy"``, ``"subproc"`` or None (see :func:`sb3_parallel_dqn.envs.resolve_vec_env_cls`)
     :param frame_stack: frames stacked by ``VecFrameStack``; 0 for none
     :param env_wrappers: ``env_wrapper``: gym wrappers applied inside each env after ``Monitor``, innermost first
     :param vec_env_wrappers: ``vec_env_wrapper``: ``VecEnvWrapper`` classes, innermost first
@@ -161,7 +158,7 @@ def resolve_classes(value: Any, key: str, base: type, n_positional: int = 0) -> 
     """
     Import and check the classes of a zoo class key (``env_wrapper``, ``vec_env_wrapper``, ``callback``).
 
-    :param value: the key's value, in any form :func:`sb3_parallel_dqn.hyperparams.class_entries` accepts
+    :param value: the key's value, in any form :func:`sb3_parallel_dqn.zoo.hyperparams.class_entries` accepts
     :param key: the hyperparameter, for error messages
     :param base: the class every named class must derive from
     :param n_positional: positional arguments the class receives besides the keyword arguments (1 for a wrapper: the
@@ -181,7 +178,7 @@ def resolve_classes(value: Any, key: str, base: type, n_positional: int = 0) -> 
 
 def split_hyperparams(hyperparams: dict[str, Any]) -> tuple[dict[str, Any], EnvSettings]:
     """
-    Split a converted entry (from :func:`sb3_parallel_dqn.hyperparams.load_hyperparams`) into the keyword
+    Split a converted entry (from :func:`sb3_parallel_dqn.zoo.hyperparams.load_hyperparams`) into the keyword
     arguments of ``ParallelDQN`` and the :class:`EnvSettings` of the run.
 
     ``env_wrapper``, ``vec_env_wrapper`` and ``callback`` are resolved here (see the module docstring), so that a bad
@@ -221,7 +218,7 @@ def register_optional_envs() -> None:
     Register the envs of optional packages with gymnasium: ale-py's Atari games when ``ale_py`` is installed.
 
     As ``rl_zoo3.import_envs`` does. Call it before looking up an Atari id (``gym.spec``,
-    :func:`sb3_parallel_dqn.hyperparams.is_atari`, ``load_hyperparams``); without ``ale_py`` it does nothing.
+    :func:`sb3_parallel_dqn.zoo.hyperparams.is_atari`, ``load_hyperparams``); without ``ale_py`` it does nothing.
     """
     try:
         import ale_py
@@ -238,7 +235,7 @@ def wrap_vec_env(
     ``VecTransposeImage``, in this order (``ExperimentManager.create_envs``).
 
     ``VecNormalize`` is loaded from ``vecnormalize_path`` when that file exists (statistics and settings saved by
-    :func:`save_vecnormalize`), as the zoo does whatever ``normalize`` says; else it is made from
+    :func:`sb3_parallel_dqn.checkpoints.save_vecnormalize`), as the zoo does whatever ``normalize`` says; else it is made from
     ``settings.normalize_kwargs``. In an eval env it neither updates its statistics nor normalises rewards; they
     follow the training env's statistics only when loaded or synchronised (``EvalCallback`` does that).
 
@@ -295,7 +292,7 @@ def make_train_env(
 
     Under MPI every rank normalises with its own running ``VecNormalize`` statistics: all ranks' envs are i.i.d.
     copies of the same env, so the statistics agree up to sampling noise, and rank 0's are the ones saved by
-    :func:`save_vecnormalize` and used for evaluation.
+    :func:`sb3_parallel_dqn.checkpoints.save_vecnormalize` and used for evaluation.
 
     :param env_id: the env id
     :param settings: from :func:`split_hyperparams`
@@ -356,23 +353,3 @@ def make_callbacks(settings: EnvSettings) -> list[BaseCallback]:
     evaluation callbacks. They run on every rank; a callback that writes files should be given to rank 0 only.
     """
     return [spec.make() for spec in settings.callbacks]
-
-
-def save_vecnormalize(env: VecEnv | None, path: str | os.PathLike[str]) -> Path | None:
-    """
-    Save the ``VecNormalize`` statistics of ``env`` (found anywhere in its wrappers) to ``path``, on rank 0 only.
-
-    Each rank has its own statistics (see :func:`make_train_env`); rank 0's are saved, as its model is. The zoo
-    keeps them in ``<run dir>/<env id>/vecnormalize.pkl``.
-
-    :param env: the training env, e.g. ``model.get_env()`` or ``model.get_vec_normalize_env()``; None is allowed
-    :param path: the file; its folder is created
-    :return: the path written, or None when there is no ``VecNormalize`` or this is not rank 0
-    """
-    vec_normalize = None if env is None else unwrap_vec_normalize(env)
-    if vec_normalize is None or not mpi_tools.is_root():
-        return None
-    path = Path(path)
-    with atomic_path(path, "pkl") as temporary:  # a crash mid-write keeps the previous statistics
-        vec_normalize.save(str(temporary))
-    return path

@@ -9,10 +9,10 @@ from typing import Any
 import gymnasium as gym
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
-from stable_baselines3.common.vec_env.patch_gym import _patch_env
 
-from sb3_parallel_dqn import mpi_tools
-from sb3_parallel_dqn.vec_env import ParallelSubprocVecEnv
+from sb3_parallel_dqn import compat
+from sb3_parallel_dqn.distributed import comm, lockstep
+from sb3_parallel_dqn.envs.subproc import ParallelSubprocVecEnv
 
 VEC_ENV_CLASSES: dict[str, type[DummyVecEnv | SubprocVecEnv]] = {"dummy": DummyVecEnv, "subproc": ParallelSubprocVecEnv}
 
@@ -23,7 +23,7 @@ def resolve_vec_env_cls(
     """
     ``None`` picks a ``SubprocVecEnv`` for several envs and a ``DummyVecEnv`` for one; strings name either.
 
-    Every ``SubprocVecEnv`` is a :class:`~sb3_parallel_dqn.vec_env.ParallelSubprocVecEnv`, SB3's class passed
+    Every ``SubprocVecEnv`` is a :class:`~sb3_parallel_dqn.envs.ParallelSubprocVecEnv`, SB3's class passed
     explicitly included: it behaves the same but names the env worker that died (subclasses are left alone).
     """
     if vec_env_cls is None:
@@ -62,9 +62,9 @@ def make_parallel_vec_env(
     action samples.
 
     Every start method (``fork``, ``forkserver``, ``spawn``) works under ``mpirun``, as with SB3's own
-    ``SubprocVecEnv``/``make_vec_env``: MPI is initialised (by ``mpi_tools.rank()``, below) before any worker starts,
+    ``SubprocVecEnv``/``make_vec_env``: MPI is initialised (by ``comm.rank()``, below) before any worker starts,
     and the launcher's variables are gone from the environment from then on (see
-    :func:`sb3_parallel_dqn.mpi_tools.hide_launcher_env`).
+    :func:`sb3_parallel_dqn.distributed.comm.hide_launcher_env`).
 
     :param env_id: the env ID or a callable returning an env
     :param n_envs: number of environments of this rank (must be the same on every rank)
@@ -74,7 +74,7 @@ def make_parallel_vec_env(
         be picklable (with cloudpickle) under ``spawn``/``forkserver``
     :param vec_env_cls: ``"subproc"``, ``"dummy"``, a ``VecEnv`` class, or None for ``SubprocVecEnv`` when
         ``n_envs > 1`` and ``DummyVecEnv`` otherwise; ``"subproc"`` and SB3's ``SubprocVecEnv`` give a
-        :class:`~sb3_parallel_dqn.vec_env.ParallelSubprocVecEnv`, whose errors name the env worker that died
+        :class:`~sb3_parallel_dqn.envs.ParallelSubprocVecEnv`, whose errors name the env worker that died
     :param vec_env_kwargs: keyword arguments for the ``VecEnv`` class, e.g. ``{"start_method": "spawn"}``
     The other parameters are those of ``stable_baselines3.common.env_util.make_vec_env``.
     """
@@ -82,13 +82,11 @@ def make_parallel_vec_env(
     vec_env_kwargs = vec_env_kwargs or {}
     monitor_kwargs = monitor_kwargs or {}
     wrapper_kwargs = wrapper_kwargs or {}
-    rank = mpi_tools.rank()
-    first_index = rank * n_envs
+    rank = comm.rank()
 
     # SB3 2.9's make_vec_env.make_env, except for the monitor file name: make_vec_env names it by one integer
     # (start_index + i), which cannot say which rank wrote it. Keep the rest diffable against SB3.
     def make_env(index: int) -> Callable[[], gym.Env]:
-        global_index = first_index + index
 
         def _init() -> gym.Env:
             if isinstance(env_id, str):
@@ -102,12 +100,12 @@ def make_parallel_vec_env(
             else:
                 env = env_id(**env_kwargs)
                 # Patch to support gym 0.21/0.26 and gymnasium
-                env = _patch_env(env)
+                env = compat.patch_env(env)
 
             if seed is not None:
                 # Note: here we only seed the action space
                 # We will seed the env at the next reset
-                env.action_space.seed(seed + global_index)
+                env.action_space.seed(lockstep.env_seed(seed, n_envs, index))
             # Monitor appends ".monitor.csv" to the path.
             monitor_path = os.path.join(monitor_dir, f"{rank}.{index}") if monitor_dir is not None else None
             if monitor_path is not None and monitor_dir is not None:
@@ -122,5 +120,23 @@ def make_parallel_vec_env(
     vec_env = resolve_vec_env_cls(vec_env_cls, n_envs)([make_env(i) for i in range(n_envs)], **vec_env_kwargs)
     # VecEnv.seed(s) seeds env i with s + i at the next reset. Like make_vec_env, also call it without a seed: it
     # then draws one from numpy's global generator, and skipping that draw would change what follows it.
-    vec_env.seed(None if seed is None else seed + first_index)
+    vec_env.seed(None if seed is None else lockstep.env_seed(seed, n_envs))
     return vec_env
+
+
+def build_env(
+    env: str,
+    n_envs: int,
+    env_kwargs: dict[str, Any] | None,
+    vec_env_cls: str | type[DummyVecEnv | SubprocVecEnv] | None,
+    vec_env_kwargs: dict[str, Any] | None,
+) -> VecEnv | str:
+    """
+    What ``ParallelDQN`` trains on when given an env id: ``n_envs`` envs of this rank from
+    :func:`make_parallel_vec_env`, or the id itself when SB3 would build the same single env from it.
+    """
+    if n_envs > 1 or vec_env_cls is not None or env_kwargs is not None:
+        return make_parallel_vec_env(
+            env, n_envs=n_envs, env_kwargs=env_kwargs, vec_env_cls=vec_env_cls, vec_env_kwargs=vec_env_kwargs
+        )
+    return env

@@ -1,0 +1,212 @@
+"""
+Every use of a private internal of Stable-Baselines3 or PyTorch, in one place, each with what it relies on.
+
+The package subclasses SB3's ``DQN``, ``ReplayBuffer``/``NStepReplayBuffer``, ``SubprocVecEnv`` and policies and
+overrides their protected extension points, as SB3's own algorithms do (:data:`OVERRIDDEN_DQN_METHODS` lists those of
+``DQN`` with what each override relies on). Everything else private, a name SB3 or torch do not export or a
+behaviour they do not document, is reached through this module only: the :class:`Internal` entries below, each
+looked up when first used. ``tests/test_compat.py`` checks every entry (that it exists, takes the arguments we pass
+and behaves as relied on) and names the internal in its failure message, so that an SB3 or torch upgrade that moves
+one fails there, clearly, rather than somewhere inside training. The dependency pins in ``pyproject.toml`` admit the
+versions these tests passed on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import importlib
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch as th
+from stable_baselines3.common.buffers import NStepReplayBuffer, ReplayBuffer
+from stable_baselines3.common.type_aliases import ReplayBufferSamples
+from stable_baselines3.common.vec_env import VecNormalize
+from torch import nn
+
+
+class CompatibilityError(RuntimeError):
+    """An internal of SB3 or torch that this package relies on moved or changed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Internal:
+    """
+    A private name of SB3 or torch: ``"module:attribute"``, and what the package relies on it for.
+
+    :param path: where it lives, e.g. ``"stable_baselines3.common.vec_env.subproc_vec_env:_worker"``
+    :param relies_on: what we use it for and assume about it
+    """
+
+    path: str
+    relies_on: str
+
+    def resolve(self) -> Any:
+        """The object, or a :class:`CompatibilityError` naming it and what it was for."""
+        return _resolve(self)
+
+    def error(self, problem: str) -> CompatibilityError:
+        import stable_baselines3
+
+        return CompatibilityError(
+            f"{self.path} {problem}. sb3_parallel_dqn relies on it for: {self.relies_on}. With stable-baselines3 "
+            f"{stable_baselines3.__version__} and torch {th.__version__} it needs an update in sb3_parallel_dqn/compat.py."
+        )
+
+
+@functools.cache
+def _resolve(internal: Internal) -> Any:
+    module_name, _, attribute = internal.path.partition(":")
+    try:
+        obj = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            obj = getattr(obj, part)
+        return obj
+    except (ImportError, AttributeError) as error:
+        raise internal.error(f"is gone ({type(error).__name__}: {error})") from None
+
+
+SUBPROC_WORKER = Internal(
+    "stable_baselines3.common.vec_env.subproc_vec_env:_worker",
+    "the env worker loop of SubprocVecEnv, called as _worker(remote, parent_remote, env_fn_wrapper) in "
+    "ParallelSubprocVecEnv's own worker, which adds a last message with the traceback when the env raises",
+)
+CLOUDPICKLE_WRAPPER = Internal(
+    "stable_baselines3.common.vec_env.base_vec_env:CloudpickleWrapper",
+    "CloudpickleWrapper(env_fn): what SubprocVecEnv sends its workers, as the third argument of _worker",
+)
+PATCH_ENV = Internal(
+    "stable_baselines3.common.vec_env.patch_gym:_patch_env",
+    "make_vec_env's conversion of a gym/gymnasium env returned by a callable, copied by make_parallel_vec_env",
+)
+GET_SAMPLES = Internal(
+    "stable_baselines3.common.buffers:ReplayBuffer._get_samples",
+    "ReplayBuffer/NStepReplayBuffer._get_samples(batch_inds, env) computes every row on its own (gathers, n-step "
+    "returns) and, with one env, draws env indices by randint(0, 1), which consumes no random numbers: batched "
+    "sampling calls it once for all the gradient steps of a train() call and gets sample()'s batches",
+)
+FOREACH_NORM = Internal(
+    "torch:_foreach_norm",
+    "the per-tensor norms that clip_grad_norm_ computes (then the norm of the norms): the flat clip stays bit-identical",
+)
+FUNCTIONAL_ADAM = Internal(
+    "torch.optim.adam:adam",
+    "Adam's functional single-tensor update (the keyword arguments of Adam.step's call, foreach=False, fused=False), "
+    "run once on the flat parameter, gradient and moment buffers: bit-identical to optimizer.step() per tensor",
+)
+GLOBAL_MODULE_HOOKS = Internal(
+    "torch.nn.modules.module:_global_forward_hooks",
+    "the registry of global module hooks (with _global_forward_pre_hooks, _global_backward_hooks, "
+    "_global_backward_pre_hooks, _global_forward_hooks_always_called): the lean Q-network forward skips nn.Module "
+    "calls, so it must step aside when any hook is registered",
+)
+MODULE_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+N_STEPS_IGNORED_WARNING = Internal(
+    "stable_baselines3.dqn.dqn:DQN._setup_model",
+    "the text of the warning that _setup_model gives when n_steps > 1 and a custom replay_buffer_class is set "
+    "('`n_steps=N` is ignored because a custom `replay_buffer_class`'), wrong when replay_buffer_kwargs carry n_steps",
+)
+N_STEPS_IGNORED_MESSAGE = r"`n_steps=\d+` is ignored because a custom `replay_buffer_class`"
+
+#: Every internal above, for tests/test_compat.py.
+INTERNALS = (
+    SUBPROC_WORKER,
+    CLOUDPICKLE_WRAPPER,
+    PATCH_ENV,
+    GET_SAMPLES,
+    FOREACH_NORM,
+    FUNCTIONAL_ADAM,
+    GLOBAL_MODULE_HOOKS,
+    N_STEPS_IGNORED_WARNING,
+)
+
+#: The protected methods of SB3's ``DQN`` (and its bases) that ``ParallelDQN`` overrides, and what each override
+#: relies on. tests/test_compat.py checks that each still exists with the same parameters and, where stated, order.
+OVERRIDDEN_DQN_METHODS = {
+    "_setup_model": "builds policy, optimizer and replay buffer from the attributes set in __init__; load() calls it "
+    "again after BaseAlgorithm.load built the object with _init_setup_model=False",
+    "_wrap_env": "static, wraps every env given to the constructor, load() and set_env() (Monitor, DummyVecEnv)",
+    "set_random_seed": "seeds random, numpy, torch, the action space and (VecEnv.seed) the envs at the next reset",
+    "_on_step": "called by collect_rollouts after each env.step(), after num_timesteps grew by n_envs; updates the "
+    "exploration rate and, every target_update_interval calls, the target network",
+    "_sample_action": "called by collect_rollouts once per env step, before env.step() and before num_timesteps grows "
+    "by n_envs, with the observation in _last_obs",
+    "collect_rollouts": "returns RolloutReturn(episode_timesteps, n_episodes, continue_training); calls "
+    "callback.on_rollout_start/on_step/on_rollout_end and _update_info_buffer (ep_info_buffer, ep_success_buffer)",
+    "dump_logs": "logs the means of ep_info_buffer and ep_success_buffer, and _episode_num as time/episodes",
+    "train": "called by learn() after each rollout once num_timesteps > learning_starts",
+    "_setup_learn": "resets the envs when reset_num_timesteps or _last_obs is None; rebuilds ep_info_buffer and "
+    "ep_success_buffer when they are None or reset_num_timesteps",
+    "_init_callback": "turns callback (None, list, function) into one BaseCallback, adds the progress bar, and calls "
+    "init_callback(model)",
+    "_excluded_save_params": "names the attributes that save() leaves out of the data member",
+}
+
+
+def foreach_norm(tensors: Sequence[th.Tensor], ord: float) -> list[th.Tensor]:
+    """``torch._foreach_norm``: the 2-norm of each tensor, as ``clip_grad_norm_`` computes them."""
+    return FOREACH_NORM.resolve()(tensors, ord)
+
+
+def functional_adam(*args: Any, **kwargs: Any) -> None:
+    """``torch.optim.adam.adam``: Adam's functional update."""
+    FUNCTIONAL_ADAM.resolve()(*args, **kwargs)
+
+
+def get_samples(replay_buffer: ReplayBuffer, batch_inds: np.ndarray, env: VecNormalize | None) -> ReplayBufferSamples:
+    """``replay_buffer._get_samples(batch_inds, env)``: the transitions of the given rows (see :data:`GET_SAMPLES`)."""
+    return replay_buffer._get_samples(batch_inds, env=env)  # type: ignore[return-value]
+
+
+def has_hooks(modules: Sequence[nn.Module]) -> bool:
+    """Whether any of ``modules``, or torch globally, has forward or backward hooks registered."""
+    module_hooks = any(getattr(module, name) for module in modules for name in MODULE_HOOK_DICTS)
+    torch_module = importlib.import_module(GLOBAL_MODULE_HOOKS.path.partition(":")[0])
+    names = (
+        "_global_forward_hooks",
+        "_global_forward_pre_hooks",
+        "_global_backward_hooks",
+        "_global_backward_pre_hooks",
+        "_global_forward_hooks_always_called",
+    )
+    GLOBAL_MODULE_HOOKS.resolve()  # the registry itself must exist, or the check below would pass vacuously
+    return module_hooks or any(getattr(torch_module, name, None) for name in names)
+
+
+def subproc_worker() -> Callable[..., None]:
+    """SB3's ``SubprocVecEnv`` worker loop (see :data:`SUBPROC_WORKER`)."""
+    return SUBPROC_WORKER.resolve()
+
+
+def cloudpickle_wrapper(env_fn: Callable[[], Any]) -> Any:
+    """``CloudpickleWrapper(env_fn)``, as ``SubprocVecEnv`` sends it to its workers."""
+    return CLOUDPICKLE_WRAPPER.resolve()(env_fn)
+
+
+def patch_env(env: Any) -> Any:
+    """``make_vec_env``'s patch of an env returned by a callable (gym 0.21/0.26 to gymnasium)."""
+    return PATCH_ENV.resolve()(env)
+
+
+@contextlib.contextmanager
+def n_steps_warning_silenced(
+    replay_buffer_class: type[ReplayBuffer] | None, replay_buffer_kwargs: dict[str, Any], n_steps: int
+) -> Iterator[None]:
+    """
+    Within the block, SB3's ``DQN._setup_model`` does not warn that ``n_steps`` is ignored because of a custom
+    replay buffer class when that class computes n-step returns and its keyword arguments carry the model's
+    ``n_steps``: then nothing is ignored (see :data:`N_STEPS_IGNORED_WARNING`).
+    """
+    with warnings.catch_warnings():
+        if (
+            replay_buffer_class is not None
+            and issubclass(replay_buffer_class, NStepReplayBuffer)
+            and replay_buffer_kwargs.get("n_steps") == n_steps
+        ):
+            N_STEPS_IGNORED_WARNING.resolve()
+            warnings.filterwarnings("ignore", message=N_STEPS_IGNORED_MESSAGE)
+        yield

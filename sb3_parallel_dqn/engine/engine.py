@@ -1,0 +1,211 @@
+"""
+:class:`TrainingEngine`: the speed paths of ``ParallelDQN`` behind one small object.
+
+Each path makes the same float operations, and the same random draws, as the SB3 code it stands for, so that one
+process stays bit-identical to SB3's ``DQN`` (``tests/test_equivalence.py``):
+
+- acting: SB3's epsilon-greedy choice on the lean Q-network forward, with the mode switch once per rollout instead
+  of once per step (:func:`~sb3_parallel_dqn.engine.q_forward.q_forward`);
+- sampling: all the uniform batches of a ``train()`` call drawn and gathered at once
+  (:func:`~sb3_parallel_dqn.engine.sampling.sample_batches`); a prioritized buffer is sampled step by step instead,
+  since each step's new priorities weigh the next draw, with the importance weights normalised over all ranks;
+- the TD loss's forwards: the lean Q-network forward of the online and the target network;
+- the update: gradients, parameters and Adam's moments on flat buffers
+  (:class:`~sb3_parallel_dqn.engine.flat_update.FlatUpdate`), the gradient ``Allreduce`` reading the gradient buffer
+  in place (:class:`~sb3_parallel_dqn.distributed.gradients.GradientAverager`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch as th
+from stable_baselines3.common.type_aliases import ReplayBufferSamples
+
+from sb3_parallel_dqn.distributed import comm
+from sb3_parallel_dqn.distributed.gradients import GradientAverager
+from sb3_parallel_dqn.engine.flat_update import FlatUpdate
+from sb3_parallel_dqn.engine.q_forward import QForward, q_forward
+from sb3_parallel_dqn.engine.sampling import sample_batches
+from sb3_parallel_dqn.prioritized_replay import PrioritizedReplayBuffer
+
+if TYPE_CHECKING:
+    from stable_baselines3 import DQN
+
+#: The parts of a gradient step that :class:`PartTimer` times.
+STEP_PARTS = ("sample", "forward_backward", "sync", "optimizer")
+
+
+class PartTimer:
+    """Seconds spent in each part of the gradient steps (``scripts/benchmark.py``'s profile); off by default."""
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(STEP_PARTS, 0.0)
+        self._last = time.perf_counter()
+
+    def mark(self, part: str) -> None:
+        """The time since the last mark was spent in ``part`` (``"start"`` begins a series)."""
+        now = time.perf_counter()
+        if part in self.seconds:
+            self.seconds[part] += now - self._last
+        self._last = now
+
+
+class TrainingEngine:
+    """
+    The speed paths of one ``ParallelDQN`` model (see the module docstring). The model calls :meth:`start_rollout`
+    before each rollout and, for each ``train()``: :meth:`start_updates`, then per gradient step :meth:`sample`,
+    :meth:`backward`, :meth:`clip_grad_norm_` and :meth:`step`, and :meth:`end_updates`. It rebuilds its flat buffers
+    whenever ``load`` or ``set_parameters`` replaced the network or the optimizer.
+
+    :param model: the model
+    """
+
+    def __init__(self, model: DQN) -> None:
+        self.model = model
+        self.update: FlatUpdate | None = None
+        # Averages the gradients over ranks, in the flat gradient buffer; None with one process.
+        self.averager: GradientAverager | None = None
+        self.acting_q: QForward = lambda obs: model.q_net(obs)
+        self.online_q: QForward = lambda obs: model.q_net(obs)
+        self.target_q: QForward = lambda obs: model.q_net_target(obs)
+        self.timer: PartTimer | None = None
+        self._batches: Iterator[ReplayBufferSamples] | None = None
+        self._sampled_leaves: np.ndarray | None = None
+
+    # --- acting ---------------------------------------------------------------------------------------------------
+
+    def start_rollout(self) -> None:
+        """Evaluation mode for action selection (dropout, batch norm), once per rollout: train() switches back."""
+        self.model.policy.set_training_mode(False)
+        self.acting_q = q_forward(self.model.q_net)
+
+    def greedy_or_random(self, n_envs: int) -> np.ndarray | None:
+        """
+        SB3's epsilon-greedy action choice after ``learning_starts`` (``DQN.predict(deterministic=False)``), without
+        the generic ``policy.predict`` around the Q-network forward: that wrapper (mode switch over every module,
+        observation checks and reshapes) cost about 0.2 ms per env step, several times the CartPole step itself.
+        Same random draws in the same order, same forward, so the same actions as SB3. Returns None where SB3's
+        path is needed: before ``learning_starts`` and for observations other than one array of the space's shape
+        (dicts, un-transposed images).
+        """
+        model = self.model
+        observation = model._last_obs
+        if (
+            model.num_timesteps < model.learning_starts
+            or not isinstance(observation, np.ndarray)
+            or observation.shape[1:] != model.observation_space.shape
+        ):
+            return None
+        if np.random.rand() < model.exploration_rate:
+            return np.array([model.action_space.sample() for _ in range(n_envs)])
+        with th.no_grad():
+            # QNetwork._predict(observation, deterministic=True), with the lean forward
+            q_values = self.acting_q(th.as_tensor(observation, device=model.device))
+        return q_values.argmax(dim=1).cpu().numpy().reshape(-1)
+
+    # --- gradient steps -------------------------------------------------------------------------------------------
+
+    def start_updates(self, gradient_steps: int, batch_size: int) -> None:
+        """Before the gradient steps of one ``train()`` call: forwards, flat buffers, and the batches."""
+        model = self.model
+        self.online_q = q_forward(model.q_net)
+        self.target_q = q_forward(model.q_net_target)
+        self._prepare_update()
+        buffer = model.replay_buffer
+        if isinstance(buffer, PrioritizedReplayBuffer):
+            buffer.set_progress(model._current_progress_remaining)
+            self._batches = None
+        else:
+            assert buffer is not None
+            self._batches = sample_batches(buffer, gradient_steps, batch_size, model._vec_normalize_env)
+        self._mark("start")
+
+    def sample(self, batch_size: int) -> tuple[ReplayBufferSamples, th.Tensor | None]:
+        """The next batch, with its importance weights (a column) when the buffer is prioritized."""
+        if self._batches is not None:
+            batch = next(self._batches)
+            self._mark("sample")
+            return batch, None
+        buffer = self.model.replay_buffer
+        assert isinstance(buffer, PrioritizedReplayBuffer)
+        batch, weights, self._sampled_leaves = buffer.sample_prioritized(batch_size, env=self.model._vec_normalize_env)
+        # Divide by the largest weight of this step over all ranks: every rank's samples then count on one scale in
+        # the averaged gradient, and weights only ever scale updates down (Schaul et al. 2016, section 3.4).
+        max_weight = comm.allreduce_max_(np.array([weights.max()]))[0]
+        weights_column = th.as_tensor(weights / max_weight, dtype=th.float32, device=self.model.device).reshape(-1, 1)
+        self._mark("sample")
+        return batch, weights_column
+
+    def backward(self, loss: th.Tensor) -> float:
+        """
+        Zero the gradients, backpropagate ``loss`` and average the gradients over ranks (before clipping, so that every
+        rank clips and steps alike); return the loss, averaged over ranks.
+        """
+        assert self.update is not None
+        self.update.zero_grad()
+        if self.averager is None:
+            loss_value = loss.item()
+            loss.backward()
+            self._mark("forward_backward")
+            return loss_value
+        loss.backward()
+        self._mark("forward_backward")
+        # The loss travels in the same Allreduce. The gradient views were checked once for this train() call
+        # (FlatUpdate.attach), and nothing in it replaces them: no check per step.
+        loss_value = self.averager.average_(loss, reattach=False)
+        self._mark("sync")
+        return loss_value
+
+    def clip_grad_norm_(self, max_norm: float) -> th.Tensor:
+        """``clip_grad_norm_`` of the online network, on the flat gradient buffer; returns the total norm."""
+        assert self.update is not None
+        return self.update.clip_grad_norm_(max_norm)
+
+    def step(self, td_errors: th.Tensor | None) -> None:
+        """The optimizer step; with prioritized replay, the sampled transitions' new priorities too."""
+        assert self.update is not None
+        self.update.step()
+        if self._sampled_leaves is not None and td_errors is not None:
+            buffer = self.model.replay_buffer
+            assert isinstance(buffer, PrioritizedReplayBuffer)
+            buffer.update_priorities(self._sampled_leaves, td_errors.cpu().numpy())
+            self._sampled_leaves = None
+        self._mark("optimizer")
+
+    def end_updates(self) -> None:
+        """After the gradient steps of one ``train()`` call (also when one raised)."""
+        self._batches = None
+        if self.update is not None:
+            self.update.detach_steps()
+
+    def pop_mean_sync_ms(self) -> float | None:
+        """Mean milliseconds of one gradient ``Allreduce`` since the last call; None with one process."""
+        return None if self.averager is None else self.averager.pop_mean_sync_ms()
+
+    def _prepare_update(self) -> None:
+        """(Re)build the flat buffers where ``load``/``set_parameters`` replaced the network or the optimizer."""
+        model = self.model
+        parameters = [p for p in model.q_net.parameters() if p.requires_grad]
+        update = self.update
+        if (
+            update is None
+            or update.optimizer is not model.policy.optimizer
+            or update.grad_buffer.device != parameters[0].device  # the policy was moved to another device
+            or len(update.parameters) != len(parameters)
+            or any(a is not b for a, b in zip(update.parameters, parameters, strict=True))
+        ):
+            grad_buffer = None
+            if comm.world_size() > 1:
+                self.averager = GradientAverager(parameters)
+                grad_buffer = self.averager.buffer
+            self.update = FlatUpdate(parameters, model.policy.optimizer, grad_buffer)
+        else:
+            update.attach()
+
+    def _mark(self, part: str) -> None:
+        if self.timer is not None:
+            self.timer.mark(part)

@@ -1,0 +1,294 @@
+"""
+What ``python -m sb3_parallel_dqn.train`` does: train ParallelDQN on one env from a zoo-style config, with one
+process or under ``mpirun``, into a run folder (see :mod:`sb3_parallel_dqn.zoo.run_folder`).
+
+Everything the command line gives is read and checked first, before MPI starts or any env is built (:class:`Setup`):
+every rank reads the same files and fails the same way, so a bad input ends the job with exit code 2 and one message.
+Then rank 0 picks the run folder, every rank builds its envs and the model (new, or resumed from ``-i``), trains with
+checkpoints and periodic evaluation, and saves; a SIGTERM/SIGINT stops every rank after the same rollout and leaves a
+checkpoint to resume from. Rank 0 evaluates the final and the best model on fresh episodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import uuid
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from stable_baselines3.common.evaluation import evaluate_policy
+
+from sb3_parallel_dqn.checkpoints import (
+    replay_buffer_path,
+    replay_buffer_shards,
+    save_checkpoint,
+    save_vecnormalize,
+    vecnormalize_path,
+)
+from sb3_parallel_dqn.distributed import comm, lockstep
+from sb3_parallel_dqn.distributed.devices import set_torch_threads
+from sb3_parallel_dqn.interrupt import stop_on_signals
+from sb3_parallel_dqn.parallel_dqn import ParallelDQN
+from sb3_parallel_dqn.validation import ConfigError, UnsupportedSpaceError, check_action_space
+from sb3_parallel_dqn.zoo import ALGO
+from sb3_parallel_dqn.zoo.callbacks import EVAL_SEED_OFFSET, make_run_callbacks
+from sb3_parallel_dqn.zoo.envs import EnvSettings, make_eval_env, make_train_env, register_optional_envs, split_hyperparams
+from sb3_parallel_dqn.zoo.hyperparams import DEFAULT_CONF_FILE, load_entry, parse_override
+from sb3_parallel_dqn.zoo.run_folder import next_run_dir, saved_config_path, write_run_files, yaml_value
+
+
+class Setup:
+    """Everything read and checked before MPI starts: a bad input ends every rank the same way, with exit code 2."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        register_optional_envs()
+        gym.spec(args.env)
+        if args.trained_agent:
+            check_model_file(args.trained_agent)
+        conf_file = Path(args.conf_file) if args.conf_file is not None else DEFAULT_CONF_FILE
+        if args.trained_agent and args.conf_file is None:
+            # A resumed run keeps its own settings (wrappers, frame stack, n_envs...), saved next to its model.
+            resumed_config = saved_config_path(Path(args.trained_agent).parent, args.env)
+            conf_file = resumed_config if resumed_config.is_file() else conf_file
+        self.conf_file = conf_file
+
+        raw_overrides: dict[str, Any] = {}
+        overrides: dict[str, Any] = {}
+        for item in args.hyperparams:
+            key, value = parse_override(item)
+            overrides[key] = value
+            raw_overrides[key] = yaml_value(value, item.partition(":")[2].strip())
+        for key, value in (("n_envs", args.n_envs), ("vec_env", args.vec_env)):
+            if value is not None:
+                overrides[key] = raw_overrides[key] = value
+        entry = load_entry(args.env, conf_file, overrides, raw_overrides)
+        self.entry, self.raw_entry = entry.section, entry.raw
+        self.model_kwargs, self.settings = split_hyperparams(entry.hyperparams)
+        self.n_timesteps = args.n_timesteps if args.n_timesteps > 0 else self.settings.n_timesteps
+        if self.n_timesteps is None and not args.trained_agent:
+            raise ConfigError(f"no n_timesteps in entry '{self.entry}' of {conf_file}: pass -n")
+        train_freq = self.model_kwargs.get("train_freq")
+        if isinstance(train_freq, tuple):
+            try:  # MPI is not started yet: the launcher says how many ranks there will be
+                lockstep.check_train_freq(train_freq[0], train_freq[1], comm.launcher_world_size() or 1)
+            except lockstep.LockstepError as error:
+                raise ConfigError(str(error), file=conf_file, entry=self.entry, key="train_freq") from None
+        env = gym.make(args.env, **self.settings.env_kwargs)
+        try:
+            check_action_space(env.action_space, args.env)
+        except UnsupportedSpaceError as error:
+            raise ConfigError(str(error)) from None
+        finally:
+            env.close()
+        probe_log_folder(Path(args.log_folder))
+
+
+def check_model_file(path: str) -> None:
+    """A saved model zip (SB3's layout: ``data`` and ``policy.pth``), not a missing, truncated or foreign file."""
+    if not Path(path).is_file():
+        raise ConfigError(f"--trained-agent: no such model file: {path}")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+    except (zipfile.BadZipFile, OSError) as error:
+        raise ConfigError(f"--trained-agent: {path} is not a readable model zip (truncated or corrupt?): {error}") from None
+    if not {"data", "policy.pth"} <= names:
+        raise ConfigError(f"--trained-agent: {path} is a zip but not a saved SB3/ParallelDQN model (no data/policy.pth)")
+
+
+def probe_log_folder(log_folder: Path) -> None:
+    """Fail before training, not at the first save, when the log folder cannot be written."""
+    folder = log_folder / ALGO
+    probe = folder / f".write-probe-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"probe")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(f"cannot write to the log folder {folder}: {error.strerror or error}") from None
+
+
+def train(args: argparse.Namespace) -> int:
+    """Run ``train`` (see the module docstring) with the command line's arguments; return the exit code."""
+    try:
+        setup = Setup(args)
+    except (ConfigError, gym.error.Error) as error:
+        # Every rank fails alike; one copy of the message is enough (MPI is not started, so ask the launcher).
+        if comm.launcher_rank() in (0, None):
+            print(f"error: {error}", file=sys.stderr)
+        return 2
+    settings, world_size = setup.settings, comm.world_size()
+    try:
+        shards = resumable_shards(args.trained_agent, world_size) if args.trained_agent else []
+    except ConfigError as error:
+        return report(error)
+
+    # Rank 0 picks the run folder and tells the others, so that concurrent ranks never race for an id.
+    uuid_str = f"_{uuid.uuid4()}" if args.uuid else ""
+    new_dir = str(next_run_dir(args.log_folder, args.env, uuid_str)) if comm.is_root() else None
+    run_dir = Path(comm.broadcast_object(new_dir))
+    if comm.is_root():
+        source = f"entry '{setup.entry}' of {setup.conf_file}"
+        command = shlex.join([sys.executable, *sys.argv])
+        command = f"mpirun -np {world_size} {command}" if world_size > 1 else command
+        write_run_files(run_dir, args.env, setup.raw_entry, source, vars(args), command)
+        print(f"Training {args.env} on {world_size} process(es), config {source}, saving to {run_dir}")
+
+    vecnormalize_stats = vecnormalize_path(args.trained_agent, args.env) if args.trained_agent else None
+    env = make_train_env(args.env, settings, seed=args.seed, monitor_dir=str(run_dir), vecnormalize_path=vecnormalize_stats)
+    try:
+        try:
+            model, remaining = build_model(args, setup, env, shards)
+        except ConfigError as error:  # every rank loaded the same files, so every rank ends here alike
+            return report(error)
+        callbacks = make_run_callbacks(
+            args.env,
+            settings,
+            run_dir,
+            seed=args.seed,
+            save_freq=args.save_freq,
+            save_replay_buffer=args.save_replay_buffer,
+            eval_freq=args.eval_freq,
+            eval_episodes=args.eval_episodes,
+            verbose=args.verbose,
+        )
+        learn_kwargs: dict[str, Any] = {} if args.log_interval < 0 else {"log_interval": args.log_interval}
+        # SIGTERM/SIGINT on any rank: every rank stops after the same rollout, then writes a checkpoint below.
+        with stop_on_signals():
+            model.learn(
+                remaining,
+                callback=callbacks,
+                progress_bar=args.progress,
+                reset_num_timesteps=not args.trained_agent,
+                **learn_kwargs,
+            )
+        if model.stopped_by_signal is not None:
+            return save_interrupted(model, args, run_dir)
+        model_path = run_dir / f"{args.env}.zip"
+        if args.save_replay_buffer:
+            model.save_replay_buffer(replay_buffer_path(model_path))  # every rank, its own shard
+        model.save(model_path)  # rank 0 writes
+        save_vecnormalize(model.get_vec_normalize_env(), run_dir / args.env / "vecnormalize.pkl")  # rank 0 writes
+    finally:
+        env.close()
+
+    if comm.is_root():
+        print(f"Saved model to {model_path}")
+        if args.final_eval_episodes > 0:
+            final_evaluation(model, args, settings, run_dir)
+    return 0
+
+
+def report(error: Exception) -> int:
+    """Print a bad-input error once (rank 0) and give the exit code for it; every rank fails alike."""
+    if comm.is_root():
+        print(f"error: {error}", file=sys.stderr)
+    return 2
+
+
+def resumable_shards(trained_agent: str, world_size: int) -> list[Path]:
+    """The replay buffer shards saved with ``trained_agent``, if this job can load them (one per rank)."""
+    try:
+        shards, shard_world_size = replay_buffer_shards(trained_agent)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if shards and shard_world_size != world_size:
+        raise ConfigError(
+            f"the replay buffer next to {trained_agent} was saved by {shard_world_size} rank(s), this job has "
+            f"{world_size}: each rank reloads its own shard, so resume with mpirun -np {shard_world_size}, or move the "
+            "replay buffer files away to resume with empty buffers"
+        )
+    return shards
+
+
+def build_model(args: argparse.Namespace, setup: Setup, env: Any, shards: list[Path]) -> tuple[ParallelDQN, int]:
+    """A new model, or the resumed one with its replay buffer shard; and the global steps to train."""
+    if not args.trained_agent:
+        model = ParallelDQN(
+            setup.settings.policy,
+            env,
+            tensorboard_log=args.tensorboard_log,
+            seed=args.seed,
+            device=args.device,
+            verbose=args.verbose,
+            torch_num_threads=args.torch_threads,
+            **setup.model_kwargs,
+        )
+        assert setup.n_timesteps is not None
+        return model, setup.n_timesteps
+
+    set_torch_threads(args.torch_threads)
+    # As the zoo: the policy (architecture) is the saved one; the other hyperparameters come from the config.
+    kwargs = {key: value for key, value in setup.model_kwargs.items() if key != "policy_kwargs"}
+    try:
+        model = ParallelDQN.load(
+            args.trained_agent,
+            env=env,
+            seed=args.seed,
+            tensorboard_log=args.tensorboard_log,
+            verbose=args.verbose if comm.is_root() else 0,
+            device=args.device,
+            **kwargs,
+        )
+    except ValueError as error:  # SB3: "Observation spaces do not match", "Action spaces do not match"
+        raise ConfigError(f"--trained-agent {args.trained_agent} does not fit {args.env} as configured: {error}") from None
+    if shards:
+        model.load_replay_buffer(replay_buffer_path(args.trained_agent))
+        buffer = model.replay_buffer
+        assert buffer is not None
+        if buffer.n_envs != env.num_envs or buffer.obs_shape != model.observation_space.shape:
+            raise ConfigError(
+                f"the replay buffer saved with {args.trained_agent} holds {buffer.n_envs} env(s) per rank with "
+                f"observations {buffer.obs_shape}, this run has {env.num_envs} with {model.observation_space.shape}: "
+                "resume with the original n_envs, or move the replay buffer files away"
+            )
+    if args.n_timesteps > 0:
+        remaining = args.n_timesteps
+    else:
+        # learn(reset_num_timesteps=False) adds num_timesteps back: the schedules span the original run.
+        remaining = model._total_timesteps - model.num_timesteps
+        if remaining <= 0:
+            raise SystemExit(f"error: {args.trained_agent} finished its {model._total_timesteps} steps: pass -n to go on")
+    if comm.is_root():
+        print(f"Resuming from {args.trained_agent} at {model.num_timesteps} global steps, for {remaining} more")
+    return model, remaining
+
+
+def save_interrupted(model: ParallelDQN, args: argparse.Namespace, run_dir: Path) -> int:
+    """After a stop by SIGTERM/SIGINT: a checkpoint to resume from (every rank writes its share), and 128 + signal."""
+    stopped_by = model.stopped_by_signal
+    assert stopped_by is not None
+    checkpoint = save_checkpoint(model, run_dir, save_replay_buffer=args.save_replay_buffer)
+    if comm.is_root():
+        print(
+            f"Interrupted by {stopped_by.name} at {model.num_timesteps} global steps: saved {checkpoint}"
+            f"{' with the replay buffers' if args.save_replay_buffer else ''}; continue with -i {checkpoint}",
+            flush=True,
+        )
+    return 128 + stopped_by.value
+
+
+def final_evaluation(model: ParallelDQN, args: argparse.Namespace, settings: EnvSettings, run_dir: Path) -> None:
+    """Evaluate the final and the best model on fresh episodes, seeded apart from training and periodic evaluation."""
+    seed = None if args.seed is None else args.seed + 2 * EVAL_SEED_OFFSET
+    print(f"Final evaluation over {args.final_eval_episodes} episodes: {evaluate(model, args, settings, run_dir, seed)}")
+    best_path = run_dir / "best_model.zip"
+    if best_path.exists():
+        best = ParallelDQN.load(best_path, device=model.device)
+        result = evaluate(best, args, settings, run_dir, seed)
+        print(f"Best model ({best_path}) over {args.final_eval_episodes} episodes: {result}")
+
+
+def evaluate(model: ParallelDQN, args: argparse.Namespace, settings: EnvSettings, run_dir: Path, seed: int | None) -> str:
+    """Mean and std of the greedy policy's return over ``--final-eval-episodes`` episodes."""
+    # The statistics saved with the run (the final ones), as evaluate.py would use them.
+    eval_env = make_eval_env(args.env, settings, seed=seed, vecnormalize_path=run_dir / args.env / "vecnormalize.pkl")
+    returns, _ = evaluate_policy(model, eval_env, n_eval_episodes=args.final_eval_episodes, return_episode_rewards=True)
+    eval_env.close()
+    return f"mean return {np.mean(returns):.2f} +/- {np.std(returns):.2f}"

@@ -1,0 +1,177 @@
+"""
+Every SB3/torch internal that sb3_parallel_dqn relies on (sb3_parallel_dqn/compat.py), checked for existence and for
+the behaviour relied on. After an SB3 or torch upgrade, a failure here names the internal that moved or changed.
+"""
+
+import inspect
+import pickle
+import re
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from gymnasium import spaces
+from stable_baselines3 import DQN
+from stable_baselines3.common.buffers import NStepReplayBuffer, ReplayBuffer
+from torch import nn
+
+from sb3_parallel_dqn import ParallelDQN, compat
+
+
+def broken(internal: compat.Internal, problem: str) -> str:
+    return str(internal.error(problem))
+
+
+@pytest.mark.parametrize("internal", compat.INTERNALS, ids=lambda internal: internal.path)
+def test_every_internal_still_exists(internal):
+    try:
+        internal.resolve()
+    except compat.CompatibilityError as error:
+        pytest.fail(str(error))
+
+
+def test_a_moved_internal_is_named_in_the_error():
+    gone = compat.Internal("stable_baselines3.common.vec_env.subproc_vec_env:_no_such_worker", "the worker loop")
+    with pytest.raises(compat.CompatibilityError, match=r"subproc_vec_env:_no_such_worker is gone .* the worker loop"):
+        gone.resolve()
+
+
+def test_subproc_worker_takes_the_arguments_we_pass():
+    parameters = list(inspect.signature(compat.subproc_worker()).parameters)
+    assert parameters == ["remote", "parent_remote", "env_fn_wrapper"], broken(compat.SUBPROC_WORKER, f"takes {parameters}")
+    wrapper = compat.cloudpickle_wrapper(lambda: gym.make("CartPole-v1"))
+    assert pickle.loads(pickle.dumps(wrapper)).var().action_space.n == 2, broken(compat.CLOUDPICKLE_WRAPPER, "changed")
+
+
+def test_patch_env_keeps_a_gymnasium_env():
+    env = gym.make("CartPole-v1")
+    assert compat.patch_env(env) is env, broken(compat.PATCH_ENV, "wraps a gymnasium env")
+
+
+def test_get_samples_is_row_wise_and_draws_no_random_numbers_with_one_env():
+    space = spaces.Box(-10, 10, shape=(2,), dtype=np.float32)
+    for buffer_class, kwargs in ((ReplayBuffer, {}), (NStepReplayBuffer, {"n_steps": 3, "gamma": 0.9})):
+        buffer = buffer_class(50, space, spaces.Discrete(2), device="cpu", **kwargs)
+        for row in range(30):
+            obs = np.full((1, 2), row, dtype=np.float32)
+            buffer.add(obs, obs + 0.5, np.array([[row % 2]]), np.array([float(row)]), np.array([row % 7 == 6]), [{}])
+        rows = np.array([3, 17, 4, 22, 3])
+        state = np.random.get_state()
+        together = compat.get_samples(buffer, rows, None)
+        assert np.random.get_state()[1].tolist() == state[1].tolist(), broken(compat.GET_SAMPLES, "draws random numbers")
+        for index, row in enumerate(rows):  # one call for all rows == one call per row
+            alone = compat.get_samples(buffer, np.array([row]), None)
+            for name in ("observations", "next_observations", "rewards", "dones"):
+                assert th.equal(getattr(together, name)[index], getattr(alone, name)[0]), broken(compat.GET_SAMPLES, name)
+
+
+def test_foreach_norm_is_clip_grad_norms_per_tensor_norm():
+    tensors = [th.randn(5, 3), th.randn(7)]
+    expected = [th.linalg.vector_norm(t, 2.0) for t in tensors]
+    assert all(th.equal(a, b) for a, b in zip(compat.foreach_norm(tensors, 2.0), expected, strict=True)), broken(
+        compat.FOREACH_NORM, "norms differ"
+    )
+
+
+def test_functional_adam_is_adams_step_bit_for_bit():
+    th.manual_seed(0)
+    params = [nn.Parameter(th.randn(4, 3)), nn.Parameter(th.randn(3))]
+    reference = [nn.Parameter(p.detach().clone()) for p in params]
+    optimizer = th.optim.Adam(reference, lr=1e-2)
+    group = optimizer.param_groups[0]
+    exp_avgs, exp_avg_sqs = [th.zeros_like(p) for p in params], [th.zeros_like(p) for p in params]
+    steps = [th.tensor(0.0), th.tensor(0.0)]
+    for _ in range(3):
+        grads = [th.randn_like(p) for p in params]
+        for p, g in zip(reference, grads, strict=True):
+            p.grad = g.clone()
+        optimizer.step()
+        with th.no_grad():
+            compat.functional_adam(
+                list(params), grads, exp_avgs, exp_avg_sqs, [], steps, foreach=False, fused=False, amsgrad=False,
+                beta1=group["betas"][0], beta2=group["betas"][1], lr=group["lr"], weight_decay=group["weight_decay"],
+                eps=group["eps"], maximize=group["maximize"],
+            )  # fmt: skip
+    for ours, theirs in zip(params, reference, strict=True):
+        assert th.equal(ours, theirs), broken(compat.FUNCTIONAL_ADAM, "no longer matches Adam.step()")
+
+
+def test_global_hooks_are_seen():
+    net = nn.Linear(2, 2)
+    assert not compat.has_hooks([net])
+    handle = nn.modules.module.register_module_forward_hook(lambda module, args, output: None)
+    try:
+        assert compat.has_hooks([net]), broken(compat.GLOBAL_MODULE_HOOKS, "no longer records global hooks")
+    finally:
+        handle.remove()
+    handle = net.register_forward_pre_hook(lambda module, args: None)
+    assert compat.has_hooks([net]), "a module's own hook is no longer in " + ", ".join(compat.MODULE_HOOK_DICTS)
+    handle.remove()
+
+
+def test_the_n_steps_warning_is_recognised_and_silenced():
+    def build():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            DQN("MlpPolicy", "CartPole-v1", n_steps=3, replay_buffer_class=NStepReplayBuffer, buffer_size=100)
+        return [str(w.message) for w in caught]
+
+    messages = build()
+    assert any(re.search(compat.N_STEPS_IGNORED_MESSAGE, m) for m in messages), broken(
+        compat.N_STEPS_IGNORED_WARNING, f"no longer warns with that text: {messages}"
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with compat.n_steps_warning_silenced(NStepReplayBuffer, {"n_steps": 3}, 3):
+            DQN("MlpPolicy", "CartPole-v1", n_steps=3, replay_buffer_class=NStepReplayBuffer, buffer_size=100,
+                replay_buffer_kwargs={"n_steps": 3})  # fmt: skip
+    assert not [w for w in caught if "is ignored because" in str(w.message)]
+
+
+@pytest.mark.parametrize("name", sorted(compat.OVERRIDDEN_DQN_METHODS))
+def test_overridden_dqn_methods_keep_their_signatures(name):
+    relied_on = compat.OVERRIDDEN_DQN_METHODS[name]
+    assert hasattr(DQN, name), f"DQN.{name} is gone; ParallelDQN overrides it, relying on: {relied_on}"
+    theirs = list(inspect.signature(getattr(DQN, name)).parameters)
+    ours = list(inspect.signature(getattr(ParallelDQN, name)).parameters)
+    assert ours == theirs, f"DQN.{name} now takes {theirs}, ParallelDQN's override {ours}; it relies on: {relied_on}"
+
+
+class RecordingDQN(DQN):
+    """SB3's DQN, recording the order in which collect_rollouts calls the methods ParallelDQN overrides."""
+
+    events: list
+
+    def _sample_action(self, learning_starts, action_noise=None, n_envs=1):
+        self.events.append(("sample_action", self.num_timesteps))
+        return super()._sample_action(learning_starts, action_noise, n_envs)
+
+    def _on_step(self):
+        self.events.append(("on_step", self.num_timesteps))
+        super()._on_step()
+
+
+def test_collect_rollouts_calls_in_the_order_relied_on():
+    """_sample_action before env.step and before num_timesteps grows by n_envs; _on_step after it grew."""
+    model = RecordingDQN("MlpPolicy", "CartPole-v1", learning_starts=0, train_freq=3, buffer_size=100)
+    model.events = []
+    model.learn(6)
+    expected = [("sample_action", 0), ("on_step", 1), ("sample_action", 1), ("on_step", 2), ("sample_action", 2)]
+    relied_on = {name: compat.OVERRIDDEN_DQN_METHODS[name] for name in ("_sample_action", "_on_step")}
+    assert model.events[:5] == expected, (
+        f"DQN.collect_rollouts changed the order of its calls: {model.events[:5]}; {relied_on}"
+    )
+
+
+def test_setup_learn_resets_the_envs_when_relied_on():
+    model = DQN("MlpPolicy", "CartPole-v1", buffer_size=100)
+    model.learn(4)
+    kept = model._last_obs
+    model.learn(4, reset_num_timesteps=False)  # continues the episodes
+    model._last_obs = None
+    model._setup_learn(4, reset_num_timesteps=False)
+    assert model._last_obs is not None and kept is not None, (
+        f"DQN._setup_learn no longer resets the envs as relied on: {compat.OVERRIDDEN_DQN_METHODS['_setup_learn']}"
+    )
