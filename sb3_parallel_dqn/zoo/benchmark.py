@@ -141,6 +141,7 @@ def run_worker(args: argparse.Namespace) -> None:
 
     from sb3_parallel_dqn import ParallelDQN
     from sb3_parallel_dqn.distributed import comm
+    from sb3_parallel_dqn.zoo.callbacks import EVAL_SEED_OFFSET
     from sb3_parallel_dqn.zoo.envs import make_eval_env, make_train_env, split_hyperparams
     from sb3_parallel_dqn.zoo.hyperparams import load_hyperparams, parse_override
 
@@ -158,7 +159,8 @@ def run_worker(args: argparse.Namespace) -> None:
 
         def __init__(self) -> None:
             super().__init__()
-            self.eval_env = make_eval_env(args.env, settings, seed=args.seed + 10_000) if root else None
+            eval_seed = args.seed + EVAL_SEED_OFFSET  # as train's periodic and final evaluations
+            self.eval_env = make_eval_env(args.env, settings, seed=eval_seed) if root else None
             self.next_eval = args.eval_freq
             self.eval_seconds = 0.0
             self.curve: list[tuple[int, float, float]] = []  # (global step, training seconds, mean return)
@@ -209,7 +211,7 @@ def run_worker(args: argparse.Namespace) -> None:
     result["env_workers_peak_rss_mib"] = None if np.isnan(rss[:, 1]).all() else float(np.nanmax(rss[:, 1]).round(1))
     if not root:
         return
-    final_env = make_eval_env(args.env, settings, seed=args.seed + 20_000)
+    final_env = make_eval_env(args.env, settings, seed=args.seed + 2 * EVAL_SEED_OFFSET)
     returns, _ = evaluate_policy(model, final_env, n_eval_episodes=args.final_episodes, return_episode_rewards=True)
     first_solve = next((seconds for _, seconds, ret in callback.curve if ret >= threshold), None)
     # "stable": two evaluations in a row at or above the threshold
