@@ -182,7 +182,7 @@ def split_hyperparams(hyperparams: dict[str, Any]) -> tuple[dict[str, Any], EnvS
     arguments of ``ParallelDQN`` and the :class:`EnvSettings` of the run.
 
     ``env_wrapper``, ``vec_env_wrapper`` and ``callback`` are resolved here (see the module docstring), so that a bad
-    name fails before any env or MPI starts. ``normalize`` becomes ``VecNormalize`` keyword arguments; as in the zoo,
+    name fails before any env is built. ``normalize`` becomes ``VecNormalize`` keyword arguments; as in the zoo,
     the entry's ``gamma``, when it has one, replaces theirs, so that rewards are normalised with the discount the
     model uses.
 

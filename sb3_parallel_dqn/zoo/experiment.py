@@ -2,7 +2,7 @@
 What ``python -m sb3_parallel_dqn.train`` does: train ParallelDQN on one env from a zoo-style config, with one
 process or under ``mpirun``, into a run folder (see :mod:`sb3_parallel_dqn.zoo.run_folder`).
 
-Everything the command line gives is read and checked first, before MPI starts or any env is built (:class:`Setup`):
+Everything the command line gives is read and checked first, before any collective or env (:class:`Setup`):
 every rank reads the same files and fails the same way, so a bad input ends the job with exit code 2 and one message.
 Then rank 0 picks the run folder, every rank builds its envs and the model (new, or resumed from ``-i``), trains with
 checkpoints and periodic evaluation, and saves; a SIGTERM/SIGINT stops every rank after the same rollout and leaves a
@@ -44,7 +44,7 @@ from sb3_parallel_dqn.zoo.run_folder import next_run_dir, saved_config_path, wri
 
 
 class Setup:
-    """Everything read and checked before MPI starts: a bad input ends every rank the same way, with exit code 2."""
+    """Everything read and checked before any collective: a bad input ends every rank the same way, with exit code 2."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         register_optional_envs()
@@ -75,7 +75,7 @@ class Setup:
             raise ConfigError(f"no n_timesteps in entry '{self.entry}' of {conf_file}: pass -n")
         train_freq = self.model_kwargs.get("train_freq")
         if isinstance(train_freq, tuple):
-            try:  # MPI is not started yet: the launcher says how many ranks there will be
+            try:  # as the launcher announced the job (no collective here)
                 lockstep.check_train_freq(train_freq[0], train_freq[1], comm.launcher_world_size() or 1)
             except lockstep.LockstepError as error:
                 raise ConfigError(str(error), file=conf_file, entry=self.entry, key="train_freq") from None
@@ -119,7 +119,7 @@ def train(args: argparse.Namespace) -> int:
     try:
         setup = Setup(args)
     except (ConfigError, gym.error.Error) as error:
-        # Every rank fails alike; one copy of the message is enough (MPI is not started, so ask the launcher).
+        # Every rank fails alike; one copy of the message is enough (the launcher says which rank this is).
         if comm.launcher_rank() in (0, None):
             print(f"error: {error}", file=sys.stderr)
         return 2
