@@ -28,7 +28,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sb3_parallel_dqn.zoo.benchmark import DEFAULTS, QUICK, THRESHOLDS, run_driver, run_worker
+from sb3_parallel_dqn.zoo.benchmark import (
+    DEFAULTS,
+    LAYOUTS,
+    QUICK,
+    THRESHOLDS,
+    run_driver,
+    run_parallelism,
+    run_update_worker,
+    run_worker,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,7 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-n", "--n-timesteps", type=int, default=None,
                         help="global budget (default: the config's; --quick: 6000)")  # fmt: skip
     parser.add_argument("--configs", nargs="+", default=["sb3", "pdqn-1", "pdqn-2"],
-                        help="sb3, pdqn-<W> (ParallelDQN on W ranks)")  # fmt: skip
+                        help="sb3, pdqn-<W> (ParallelDQN on W ranks), mp-<W> (one model split over W ranks), "
+                             "zero-<W> (W ranks with shard_optimizer)")  # fmt: skip
     parser.add_argument("--eval-freq", type=int, default=None,
                         help="global steps between evaluations (default: 2500; --quick: 2000)")  # fmt: skip
     parser.add_argument("--eval-episodes", type=int, default=None, help="default: 10 (--quick: 3)")
@@ -61,7 +71,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="overrides applied to SB3 DQN only, e.g. to run it on the zoo's own values")  # fmt: skip
     parser.add_argument("--out", default="bench", help="output folder")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per run")
+    parser.add_argument("--parallelism", action="store_true",
+                        help="instead: the time of one update and the bytes per rank of --nets in every layout")  # fmt: skip
+    parser.add_argument("--nets", nargs="+", default=["256x256", "1024x1024", "4096x4096", "cnn"],
+                        help="--parallelism: MLPs (hidden units, x-separated) on CartPole, or cnn (NatureCNN)")  # fmt: skip
+    parser.add_argument("--batch-size", type=int, default=256, help="--parallelism: the global batch")
+    parser.add_argument("--updates", type=int, default=30, help="--parallelism: updates timed per layout")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--net", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--layout", default=None, choices=list(LAYOUTS), help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--result", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -73,10 +91,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.worker == "update":
+        run_update_worker(args)
+        return 0
     if args.worker:
         run_worker(args)
         return 0
-    return run_driver(args)
+    return run_parallelism(args) if args.parallelism else run_driver(args)
 
 
 if __name__ == "__main__":

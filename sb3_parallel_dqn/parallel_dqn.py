@@ -18,9 +18,9 @@ from stable_baselines3.dqn.policies import CnnPolicy, DQNPolicy, MlpPolicy, Mult
 
 from sb3_parallel_dqn import checkpoints, compat, interrupt
 from sb3_parallel_dqn.callbacks import with_global_progress_bar
-from sb3_parallel_dqn.distributed import comm, lockstep
+from sb3_parallel_dqn.distributed import comm, lockstep, mesh, model_parallel
 from sb3_parallel_dqn.distributed.devices import pick_device, set_torch_threads
-from sb3_parallel_dqn.distributed.gradients import broadcast_module_, broadcast_optimizer_, check_synced
+from sb3_parallel_dqn.distributed.gradients import broadcast_module_, broadcast_optimizer_
 from sb3_parallel_dqn.engine import TrainingEngine
 from sb3_parallel_dqn.envs import build_env
 from sb3_parallel_dqn.losses import check_finite, td_loss
@@ -37,8 +37,8 @@ class ParallelDQN(DQN):
 
     Paper: https://arxiv.org/abs/1312.5602, https://www.nature.com/articles/nature14236; Double DQN (``double_q``):
     https://arxiv.org/abs/1509.06461; dueling head (``policy_kwargs=dict(dueling=True)``):
-    https://arxiv.org/abs/1511.06581; synchronous data parallelism: https://arxiv.org/abs/1604.00981.
-    Default hyperparameters are SB3's DQN defaults.
+    https://arxiv.org/abs/1511.06581; synchronous data parallelism: https://arxiv.org/abs/1604.00981; tensor
+    parallelism: https://arxiv.org/abs/1909.08053; ZeRO: https://arxiv.org/abs/1910.02054. Defaults are SB3's.
 
     Under ``mpirun -np W`` every rank steps its own ``n_envs`` envs into its own replay buffer, computes gradients on
     its own samples and averages them with one ``Allreduce`` per gradient step (before clipping): all ranks hold
@@ -87,6 +87,10 @@ class ParallelDQN(DQN):
     :param sync_check_interval: Every this many gradient updates, compare a checksum of the weights across ranks
         and raise ``WeightsDivergedError`` if they differ (0 disables the check)
     :param torch_num_threads: torch threads of each rank; ``None``: 1, unless ``OMP_NUM_THREADS`` is set
+    :param model_parallel_size: ranks that hold one Q-network, split Megatron-style (tensor parallelism, see
+        :mod:`~sb3_parallel_dqn.distributed.tensor_parallel`); the job's W ranks form W / M replicas
+    :param shard_optimizer: shard Adam's state over the replicas (ZeRO stage 1, see
+        :mod:`~sb3_parallel_dqn.distributed.sharded_optimizer`)
     :param _init_setup_model: Whether or not to build the network at the creation of the instance
     """
 
@@ -130,6 +134,8 @@ class ParallelDQN(DQN):
         env_kwargs: dict[str, Any] | None = None,
         sync_check_interval: int = 1000,
         torch_num_threads: int | None = None,
+        model_parallel_size: int = 1,
+        shard_optimizer: bool = False,
         _init_setup_model: bool = True,
     ) -> None:
         check_model_kwargs(**locals())  # the arguments that have a rule (validation.ARGUMENT_RULES), as config files
@@ -143,7 +149,10 @@ class ParallelDQN(DQN):
         # layout keeps its target-update phase (_setup_learn); and the rank whose episodes ep_info_buffer holds.
         self._global_envs: int | None = None
         self._episode_stats_rank = self._rank
+        self.model_parallel_size, self.shard_optimizer = model_parallel_size, shard_optimizer
         set_torch_threads(torch_num_threads)
+        if _init_setup_model:  # every rank runs this: set up the mesh before the envs, whose seeds count replicas
+            seed = mesh.setup(model_parallel_size).seed_of_the_job(seed)
         if isinstance(env, str):
             env = build_env(env, n_envs, env_kwargs, vec_env_cls, vec_env_kwargs)
         elif isinstance(env, VecEnv) and n_envs not in (1, env.num_envs):
@@ -185,8 +194,10 @@ class ParallelDQN(DQN):
         if _init_setup_model:
             self._setup_model()
             if self._world_size > 1:
-                self._check_lockstep()  # before the broadcast, whose size is the model's
-            broadcast_module_(self.policy)  # every rank starts from rank 0's weights, whatever its torch seed
+                lockstep.check_model(self)  # before the broadcast, whose size is the model's
+            broadcast_module_(
+                self.policy, group=mesh.current().data_group
+            )  # rank 0's weights (its shard's), whatever the seed
 
     @staticmethod
     def _wrap_env(env: GymEnv, verbose: int = 0, monitor_wrapper: bool = True) -> VecEnv:
@@ -200,8 +211,10 @@ class ParallelDQN(DQN):
         self.policy_class, self.policy_kwargs = resolve_dueling(self.policy_class, self.policy_kwargs)  # type: ignore[arg-type]
         kwargs = with_model_n_steps(self.replay_buffer_class, self.replay_buffer_kwargs, self.n_steps, self.gamma)
         self.replay_buffer_kwargs = kwargs
+        mesh.setup(self.model_parallel_size)  # collective for a split model: load(..., model_parallel_size=M) on every rank
         with compat.n_steps_warning_silenced(self.replay_buffer_class, kwargs, self.n_steps):
             super()._setup_model()
+        model_parallel.shard_policy(self.policy)  # cut from the whole network SB3 built: the same start for any mesh
         self._engine = TrainingEngine(self)
 
     def set_random_seed(self, seed: int | None = None) -> None:
@@ -269,13 +282,8 @@ class ParallelDQN(DQN):
 
     def dump_logs(self) -> None:
         # As SB3, with the episode statistics of every rank (exchanged at the end of the last rollout).
-        local_buffers, means = (self.ep_info_buffer, self.ep_success_buffer), self._global_episode_means
-        if means is not None:  # None: one process, or no rollout finished yet
-            self.ep_info_buffer, self.ep_success_buffer = lockstep.episode_buffers(means)
-        try:
+        with lockstep.episode_buffers_of_the_job(self):
             super().dump_logs()
-        finally:
-            self.ep_info_buffer, self.ep_success_buffer = local_buffers
 
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
         # As SB3, on the engine's speed paths, with gradients averaged over ranks, Double/prioritized targets, NaN checks.
@@ -297,7 +305,7 @@ class ParallelDQN(DQN):
                 check_finite(losses[-1], grad_norm, n_updates, self.num_timesteps)
                 engine.step(td_errors)
                 if self._world_size > 1 and self.sync_check_interval > 0 and n_updates % self.sync_check_interval == 0:
-                    check_synced(self.policy, n_updates)
+                    model_parallel.check_shards_synced(self.policy, n_updates)
         finally:
             engine.end_updates()
 
@@ -333,13 +341,11 @@ class ParallelDQN(DQN):
         # As SB3, after the lockstep check and rank 0's weights; restarted collection cuts the stored episodes.
         self.stopped_by_signal = None
         if self._world_size > 1:
-            num_timesteps = 0 if reset_num_timesteps else self.num_timesteps
-            self._check_lockstep(
-                total_timesteps=total_timesteps, reset_num_timesteps=reset_num_timesteps, num_timesteps=num_timesteps
-            )
+            start = 0 if reset_num_timesteps else self.num_timesteps
+            lockstep.check_model(self, total_timesteps=total_timesteps, reset_num_timesteps=reset_num_timesteps, start=start)
             # Here rather than in load()/set_parameters(), which stay free of collectives (one rank may load alone).
-            broadcast_module_(self.policy)
-            broadcast_optimizer_(self.policy.optimizer)
+            broadcast_module_(self.policy, group=mesh.current().data_group)
+            broadcast_optimizer_(self.policy.optimizer, group=mesh.current().data_group)
             if self._rank != 0:
                 self.set_logger(Logger(folder=None, output_formats=[]))  # only rank 0 writes stdout, csv, tensorboard
         global_envs = lockstep.global_envs(self.n_envs)
@@ -355,22 +361,11 @@ class ParallelDQN(DQN):
         if reset_num_timesteps or self._last_obs is None:
             # SB3 resets the envs below: the newest stored transition of each env is the end of a cut episode.
             truncate_last_transitions(self.replay_buffer)
-        return super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
-
-    def _check_lockstep(self, **learn_settings: Any) -> None:
-        """Refuse, on every rank and before any training collective, settings that differ across ranks."""
-        assert isinstance(self.train_freq, TrainFreq)
-        lockstep.check_train_freq(self.train_freq.frequency, self.train_freq.unit.value, self._world_size)
-        buffer_class = type(self.replay_buffer) if self.replay_buffer is not None else self.replay_buffer_class
-        # What changes the number or the size of the collectives (a deadlock, or an error inside MPI), and what
-        # would make the ranks train different models.
-        names = ("n_envs", "gradient_steps", "learning_starts", "sync_check_interval", "batch_size", "n_steps", "double_q")
-        settings = {name: getattr(self, name) for name in names} | {
-            "train_freq": self.train_freq.frequency,
-            "replay_buffer_class": getattr(buffer_class, "__qualname__", None),
-            "parameters": [tuple(tensor.shape) for tensor in self.policy.state_dict().values()],
-        }
-        lockstep.check_same_settings({**settings, **learn_settings})
+        total_timesteps, callback = super()._setup_learn(
+            total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar
+        )
+        model_parallel.check_identical_observations(self)
+        return total_timesteps, callback
 
     def _init_callback(self, callback: MaybeCallback, progress_bar: bool = False) -> BaseCallback:
         # As SB3, but with several ranks one progress bar for the job (on rank 0) that counts every rank's steps.
@@ -379,9 +374,17 @@ class ParallelDQN(DQN):
         return super()._init_callback(callback, progress_bar)
 
     def save(self, path: str | pathlib.Path | io.BufferedIOBase, exclude: Any = None, include: Any = None) -> None:
-        """As SB3's, on rank 0 only (all ranks hold the same weights) and atomically: a crash keeps the old file."""
-        if self._rank == 0:
-            checkpoints.write_atomically(path, "zip", lambda target: DQN.save(self, target, exclude, include))
+        """
+        As SB3's, written by rank 0 (all ranks hold the same weights), atomically: a crash keeps the old file. A split
+        model or a sharded optimizer is gathered first, so the file is whole: then call it on every rank.
+        """
+        with model_parallel.whole_model(self):
+            if self._rank == 0:
+                checkpoints.write_atomically(path, "zip", lambda target: DQN.save(self, target, exclude, include))
+
+    def memory_report(self) -> dict[str, int]:
+        """Bytes this rank holds: ``parameters``, ``gradients``, ``optimizer`` (state) and ``replay_buffer``."""
+        return model_parallel.memory_report(self)
 
     def save_replay_buffer(self, path: str | pathlib.Path | io.BufferedIOBase) -> None:
         """As SB3's, atomically, each rank its own: under MPI rank r writes ``<path>.rank<r>.pkl``."""
@@ -392,6 +395,6 @@ class ParallelDQN(DQN):
         super().load_replay_buffer(checkpoints.rank_path(path), truncate_last_traj)
 
     def _excluded_save_params(self) -> list[str]:
-        # As SB3, plus this process' runtime state.
-        runtime = ["_world_size", "_rank", "_engine", "_global_episode_means", "stopped_by_signal"]
-        return [*super()._excluded_save_params(), *runtime]
+        # As SB3, plus this process' runtime state and mesh (a file loads whole unless load() is given a mesh shape).
+        runtime = ["_world_size", "_rank", "_engine", "_global_episode_means", "stopped_by_signal", "model_parallel_size"]
+        return [*super()._excluded_save_params(), *runtime, "shard_optimizer"]

@@ -57,6 +57,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--uuid", action="store_true", help="append a UUID to the run folder name")
     parser.add_argument("--log-interval", type=int, default=-1, help="log every this many episodes (-1: SB3 default)")
     parser.add_argument("--torch-threads", type=int, default=None, help="torch threads per rank (default 1)")
+    parser.add_argument(
+        "--model-parallel-size", type=int, default=None,
+        help="ranks per Q-network, split Megatron-style (overrides the config's model_parallel_size)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--shard-optimizer", action="store_true", default=None,
+        help="shard Adam's state over the data-parallel ranks, ZeRO-1 (overrides the config's shard_optimizer)",
+    )  # fmt: skip
     parser.add_argument("--verbose", type=int, default=1, help="0: quiet, 1: training logs")
     parser.add_argument(
         "-params", "--hyperparams", type=str, nargs="+", default=[], metavar="KEY:VALUE",

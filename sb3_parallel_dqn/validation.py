@@ -159,6 +159,8 @@ ARGUMENT_RULES: dict[str, Callable[[Any], Any]] = {
     "stats_window_size": int_at_least(1),
     "sync_check_interval": int_at_least(0),
     "n_envs": int_at_least(1),
+    "model_parallel_size": int_at_least(1),
+    "shard_optimizer": of_type(bool),
 }
 
 

@@ -1,5 +1,5 @@
-"""``python -m sb3_parallel_dqn.benchmark --quick`` (scripts/benchmark.py), end to end (the slow tier): every output is
-written and sane. Never asserts a speed."""
+"""``python -m sb3_parallel_dqn.benchmark --quick`` and ``--parallelism`` (scripts/benchmark.py), end to end (the slow
+tier): every output is written and sane; and the job each configuration launches. Never asserts a speed."""
 
 import json
 import math
@@ -91,3 +91,37 @@ def test_zoo_conf_file_is_rl_zoo3s_own(tmp_path):
     hyperparams, _ = load_hyperparams("CartPole-v1", path, {})
     assert hyperparams["learning_rate"] == 2.3e-3 and hyperparams["train_freq"] == 256
     assert benchmark.resolve_conf_file("mine.yml") == "mine.yml" and benchmark.resolve_conf_file(None) is None
+
+
+@pytest.mark.slow
+def test_parallelism_table(tmp_path):
+    """--parallelism: every layout of a small net runs (model-parallel and sharded ones under mpirun) and reports
+    the bytes per rank that memory_report() gives."""
+    args = [BENCHMARK, "--parallelism", "--nets", "64x64", "--updates", "2", "--batch-size", "32", "--out", str(tmp_path)]
+    check_ok(run_python(args, timeout=300))
+    summary = json.loads((tmp_path / "results.json").read_text())
+    rows = {row["layout"]: row for row in summary["rows"]}
+    assert len(rows) == 5 and all(row["update_us"] > 0 for row in rows.values())
+    whole, split = rows["1 process, 1 thread"]["memory"], rows["model_parallel_size=2"]["memory"]
+    sharded = rows["data parallel, 2 ranks + shard_optimizer"]["memory"]
+    assert split["parameters"] < 0.7 * whole["parameters"]  # the output layer (2 units) stays whole
+    assert sharded["optimizer"] == pytest.approx(whole["optimizer"] / 2, rel=0.01)
+    assert rows["data parallel, 2 ranks"]["batch_per_rank"] == 16 and rows["model_parallel_size=2"]["batch_per_rank"] == 32
+    assert "| 64x64 | model_parallel_size=2 |" in (tmp_path / "results.md").read_text()
+    assert summary["machine"] and summary["command"]
+
+
+def test_layout_configurations_launch_the_right_job():
+    """mp-<W> and zero-<W> run W ranks with the layout's keyword; sb3 and pdqn-1 run one process."""
+    import argparse
+
+    from sb3_parallel_dqn.zoo.benchmark import command_for
+
+    args = argparse.Namespace(env="CartPole-v1", eval_freq=1, eval_episodes=1, final_episodes=1, profile_steps=0,
+                              conf_file=None, sb3_conf_file=None, n_timesteps=None, threshold=None, hyperparams=[],
+                              pdqn_params=["batch_size:64"], sb3_params=[])  # fmt: skip
+    mp = command_for("mp-4", 0, args, tmp := REPO_DIR / "r.json")
+    assert mp[1:3] == ["-np", "4"] and mp[-2:] == ["batch_size:64", "model_parallel_size:4"]
+    zero = command_for("zero-2", 0, args, tmp)
+    assert zero[1:3] == ["-np", "2"] and zero[-1] == "shard_optimizer:True"
+    assert "mpirun" not in command_for("pdqn-1", 0, args, tmp)[0] and "--pdqn-params" not in command_for("sb3", 0, args, tmp)

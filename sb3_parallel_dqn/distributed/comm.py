@@ -198,23 +198,55 @@ def compute_local_rank() -> int:
     return _local_rank
 
 
-def allreduce_sum_(array: np.ndarray) -> np.ndarray:
-    """Sum a contiguous numpy array over all ranks, in place (one ``Allreduce``); returns it."""
-    return _allreduce_(array, "SUM")
+Group = Any  # an mpi4py communicator (MPI.Intracomm); None stands for the world communicator
 
 
-def allreduce_max_(array: np.ndarray) -> np.ndarray:
-    """Element-wise maximum of a contiguous numpy array over all ranks, in place (one ``Allreduce``); returns it."""
-    return _allreduce_(array, "MAX")
+def _group(group: Group | None) -> Any:
+    """The communicator to use, or None when it has one process (every helper is then a free no-op)."""
+    world = comm() if group is None else group
+    return None if world is None or world.Get_size() == 1 else world
 
 
-def _allreduce_(array: np.ndarray, op: str) -> np.ndarray:
-    world = comm()
-    if world is not None and world.Get_size() > 1:
+def allreduce_sum_(array: np.ndarray, group: Group | None = None) -> np.ndarray:
+    """Sum a contiguous numpy array over the ranks of ``group`` (default: all), in place (one ``Allreduce``)."""
+    return _allreduce_(array, "SUM", group)
+
+
+def allreduce_max_(array: np.ndarray, group: Group | None = None) -> np.ndarray:
+    """Element-wise maximum of a contiguous numpy array over the ranks of ``group``, in place (one ``Allreduce``)."""
+    return _allreduce_(array, "MAX", group)
+
+
+def _allreduce_(array: np.ndarray, op: str, group: Group | None) -> np.ndarray:
+    world = _group(group)
+    if world is not None:
         from mpi4py import MPI
 
         world.Allreduce(MPI.IN_PLACE, array, op=getattr(MPI, op))
     return array
+
+
+def reduce_scatter_sum(array: np.ndarray, out: np.ndarray, group: Group | None = None) -> np.ndarray:
+    """
+    Sum ``array`` over the ranks of ``group`` and give rank k the k-th of as many equal blocks, in ``out`` (one
+    ``Reduce_scatter_block``; ``array.size`` must be ``out.size`` times the group's size); returns ``out``.
+    """
+    world = _group(group)
+    if world is None:
+        out[...] = array.reshape(out.shape)
+    else:
+        world.Reduce_scatter_block(array, out)
+    return out
+
+
+def allgather_into(block: np.ndarray, out: np.ndarray, group: Group | None = None) -> np.ndarray:
+    """Concatenate every rank's equal-sized ``block`` into ``out``, in rank order (one ``Allgather``); returns ``out``."""
+    world = _group(group)
+    if world is None:
+        out[...] = block.reshape(out.shape)
+    else:
+        world.Allgather(block, out)
+    return out
 
 
 def time_allreduce(array: np.ndarray, repetitions: int = 2_000) -> float:
@@ -230,39 +262,41 @@ def time_allreduce(array: np.ndarray, repetitions: int = 2_000) -> float:
     return (time.perf_counter() - start) / repetitions
 
 
-def allgather(values: np.ndarray) -> np.ndarray:
-    """Stack each rank's 1-D array of the same shape and dtype: returns shape ``(world_size, *values.shape)``."""
+def allgather(values: np.ndarray, group: Group | None = None) -> np.ndarray:
+    """Stack each rank's 1-D array of the same shape and dtype: returns shape ``(group size, *values.shape)``."""
     values = np.ascontiguousarray(values)
-    world = comm()
-    if world is None or world.Get_size() == 1:
+    world = _group(group)
+    if world is None:
         return values[None].copy()
     out = np.empty((world.Get_size(), *values.shape), dtype=values.dtype)
     world.Allgather(values, out)
     return out
 
 
-def allgather_object(obj: Any) -> list[Any]:
+def allgather_object(obj: Any, group: Group | None = None) -> list[Any]:
     """Every rank's small picklable object, in rank order (set-up only: never on a hot path)."""
-    world = comm()
-    if world is None or world.Get_size() == 1:
-        return [obj]
-    return world.allgather(obj)
+    world = _group(group)
+    return [obj] if world is None else world.allgather(obj)
 
 
-def broadcast_(array: np.ndarray, root: int = 0) -> np.ndarray:
+def broadcast_(array: np.ndarray, root: int = 0, group: Group | None = None) -> np.ndarray:
     """Overwrite a contiguous numpy array with ``root``'s copy, in place; returns it."""
-    world = comm()
-    if world is not None and world.Get_size() > 1:
+    world = _group(group)
+    if world is not None:
         world.Bcast(array, root=root)
     return array
 
 
-def broadcast_object(obj: Any, root: int = 0) -> Any:
+def broadcast_object(obj: Any, root: int = 0, group: Group | None = None) -> Any:
     """Pickle-broadcast a small Python object from ``root`` (set-up only: never on a hot path)."""
+    world = _group(group)
+    return obj if world is None else world.bcast(obj, root=root)
+
+
+def split(color: int, key: int) -> Group | None:
+    """A sub-communicator of the ranks with the same ``color``, ordered by ``key`` (``Split``: collective)."""
     world = comm()
-    if world is None or world.Get_size() == 1:
-        return obj
-    return world.bcast(obj, root=root)
+    return None if world is None else world.Split(color, key)
 
 
 _abort_hook_installed = False

@@ -80,8 +80,11 @@ def cuda_aware_mpi() -> bool:
     return bool(query())
 
 
-def broadcast_module_(module: th.nn.Module, root: int = 0) -> None:
-    """Overwrite every parameter and buffer of ``module`` with ``root``'s values (one ``Bcast`` per dtype)."""
+def broadcast_module_(module: th.nn.Module, root: int = 0, group: comm.Group | None = None) -> None:
+    """
+    Overwrite every parameter and buffer of ``module`` with ``root``'s values (one ``Bcast`` per dtype), over ``group``
+    (default: all ranks; with model parallelism, the data group: the ranks that hold the same shard).
+    """
     if comm.world_size() == 1:
         return
     by_dtype: dict[th.dtype, list[th.Tensor]] = {}
@@ -91,7 +94,7 @@ def broadcast_module_(module: th.nn.Module, root: int = 0) -> None:
     for dtype in sorted(by_dtype, key=str):
         tensors = by_dtype[dtype]
         flat = th.cat([t.detach().reshape(-1).cpu() for t in tensors])
-        comm.broadcast_(flat.numpy(), root=root)
+        comm.broadcast_(flat.numpy(), root=root, group=group)
         offset = 0
         with th.no_grad():
             for tensor in tensors:
@@ -100,16 +103,17 @@ def broadcast_module_(module: th.nn.Module, root: int = 0) -> None:
                 offset += n
 
 
-def broadcast_optimizer_(optimizer: th.optim.Optimizer, root: int = 0) -> None:
-    """Give every rank ``root``'s optimizer state (e.g. Adam moments after loading a checkpoint)."""
+def broadcast_optimizer_(optimizer: th.optim.Optimizer, root: int = 0, group: comm.Group | None = None) -> None:
+    """Give every rank of ``group`` (default: all) ``root``'s optimizer state (e.g. Adam moments after a load)."""
     if comm.world_size() == 1:
         return
+    rank = comm.rank() if group is None else group.Get_rank()
     state: dict[str, Any] | None = None
-    if comm.rank() == root:
+    if rank == root:
         # Send CPU tensors: load_state_dict() moves them to each rank's own parameter device.
         state = _to_cpu(optimizer.state_dict())
-    state = comm.broadcast_object(state, root=root)
-    if comm.rank() != root:
+    state = comm.broadcast_object(state, root=root, group=group)
+    if rank != root:
         optimizer.load_state_dict(state)  # type: ignore[arg-type]
 
 
@@ -124,35 +128,64 @@ def _to_cpu(obj: Any) -> Any:
     return obj
 
 
-def module_checksum(module: th.nn.Module) -> int:
-    """CRC32 of the raw bytes of every parameter and buffer: equal iff the weights are bit-identical (w.h.p.)."""
+def module_checksum(module: th.nn.Module, skip: frozenset[str] = frozenset()) -> int:
+    """
+    CRC32 of the raw bytes of every parameter and buffer (but the ``state_dict`` keys in ``skip``): equal iff the
+    weights are bit-identical (w.h.p.).
+    """
     checksum = 0
-    for tensor in module.state_dict().values():
-        checksum = zlib.crc32(tensor.detach().cpu().contiguous().numpy().view(np.uint8), checksum)
+    for name, tensor in module.state_dict().items():
+        if name not in skip:
+            checksum = zlib.crc32(tensor.detach().cpu().contiguous().numpy().view(np.uint8), checksum)
     return checksum
 
 
-def check_synced(module: th.nn.Module, n_updates: int) -> None:
+def check_synced(module: th.nn.Module, n_updates: int, shards: frozenset[str] = frozenset(), model_rank: int = 0) -> None:
     """
-    Raise :class:`WeightsDivergedError` on every rank if the ranks' weights are not bit-identical.
+    Raise :class:`WeightsDivergedError` on every rank if weights that must be bit-identical are not: all of them
+    across the ranks, or, with model parallelism, the shards (``state_dict`` keys in ``shards``) across the ranks that
+    hold the same one (same ``model_rank``) and everything else across all ranks.
 
     One small ``Allgather``; every rank receives the same table, so every rank raises (no rank is left waiting).
     """
     if comm.world_size() == 1:
         return
-    checksums = comm.allgather(np.array([module_checksum(module)], dtype=np.int64))[:, 0]
-    diverged = [r for r in range(len(checksums)) if checksums[r] != checksums[0]]
+    own = [model_rank, module_checksum(module), module_checksum(module, skip=shards)]
+    table = comm.allgather(np.array(own, dtype=np.int64))
+    first_of = {int(row[0]): row for row in reversed(table)}  # the lowest rank that holds each shard
+    diverged = [r for r, row in enumerate(table) if row[1] != first_of[int(row[0])][1] or row[2] != table[0][2]]
     if diverged:
+        reference = "rank 0" if len(first_of) == 1 else "the lowest rank that holds the same shard"
         raise WeightsDivergedError(
             f"Weights diverged across MPI ranks after {n_updates} gradient updates: rank(s) {diverged} differ from "
-            f"rank 0 (weight checksums by rank: {checksums.tolist()}). Every rank must apply the same averaged "
+            f"{reference} (weight checksums by rank: {table[:, 1].tolist()}). Every rank must apply the same averaged "
             "gradient; look for code that changes the weights on some ranks only."
         )
 
 
+class SyncClock:
+    """Wall-clock seconds spent in one component's gradient collectives, for ``time/mpi_sync_ms``."""
+
+    def __init__(self) -> None:
+        self.seconds, self.count = 0.0, 0
+
+    def add(self, seconds: float, syncs: int = 1) -> None:
+        """Count ``seconds`` more, and ``syncs`` more syncs (0 for a second collective of the same sync)."""
+        self.seconds += seconds
+        self.count += syncs
+
+    def pop_mean_ms(self) -> float | None:
+        """Mean wall-clock milliseconds per sync since the last call (``None`` if none happened)."""
+        if self.count == 0:
+            return None
+        mean_ms = 1e3 * self.seconds / self.count
+        self.seconds, self.count = 0.0, 0
+        return mean_ms
+
+
 class GradientAverager:
     """
-    Averages gradients over all ranks with ONE ``Allreduce`` on ONE contiguous float32 buffer.
+    Averages gradients over all ranks (or over ``group``) with ONE ``Allreduce`` on ONE contiguous float32 buffer.
 
     Every parameter's ``.grad`` is a view into that buffer (as DDP's ``gradient_as_bucket_view``), so autograd
     accumulates straight into it and the reduction needs no packing copy. The buffer has one extra slot that
@@ -160,15 +193,17 @@ class GradientAverager:
 
     On CUDA without CUDA-aware MPI the buffer is staged through pinned host memory.
 
-    :param parameters: the parameters that receive gradients (the online Q-network's)
+    :param parameters: the parameters that receive gradients (the online Q-network's, or this rank's shard of it)
+    :param group: the ranks to average over (default: all; with model parallelism, the data group)
     """
 
-    def __init__(self, parameters: Iterable[th.nn.Parameter]) -> None:
+    def __init__(self, parameters: Iterable[th.nn.Parameter], group: comm.Group | None = None) -> None:
         self.parameters = [p for p in parameters if p.requires_grad]
         dtypes = {p.dtype for p in self.parameters}
         if dtypes != {th.float32}:
             raise TypeError(f"Gradient averaging supports float32 parameters only, got {sorted(map(str, dtypes))}")
-        self.world_size = comm.world_size()
+        self.group = group
+        self.world_size = comm.world_size() if group is None else group.Get_size()
         device = self.parameters[0].device
         self.buffer, self._views = attach_flat_grads(self.parameters, extra=1)
         self._loss_slot = self.buffer[-1:]
@@ -182,8 +217,7 @@ class GradientAverager:
         else:
             self._host = th.empty_like(self.buffer, device="cpu").pin_memory()
             self._mpi_array = self._host.numpy()
-        self.sync_seconds = 0.0
-        self.n_syncs = 0
+        self.clock = SyncClock()
 
     @property
     def n_floats(self) -> int:
@@ -211,11 +245,10 @@ class GradientAverager:
             self._host.copy_(self.buffer)
         elif self.buffer.is_cuda:
             th.cuda.current_stream(self.buffer.device).synchronize()
-        comm.allreduce_sum_(self._mpi_array)
+        comm.allreduce_sum_(self._mpi_array, self.group)
         if self._host is not None:
             self.buffer.copy_(self._host, non_blocking=True)
-        self.sync_seconds += time.perf_counter() - start
-        self.n_syncs += 1
+        self.clock.add(time.perf_counter() - start)
         self.buffer.div_(self.world_size)
         if self._host is not None:
             return float(self._mpi_array[-1]) / self.world_size  # the host copy still holds the sum
@@ -225,8 +258,4 @@ class GradientAverager:
 
     def pop_mean_sync_ms(self) -> float | None:
         """Mean wall-clock milliseconds per ``Allreduce`` since the last call (``None`` if none happened)."""
-        if self.n_syncs == 0:
-            return None
-        mean_ms = 1e3 * self.sync_seconds / self.n_syncs
-        self.sync_seconds, self.n_syncs = 0.0, 0
-        return mean_ms
+        return self.clock.pop_mean_ms()

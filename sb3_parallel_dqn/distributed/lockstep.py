@@ -3,23 +3,27 @@ The rules that keep W ranks in lockstep, each written once: global step counts, 
 rank must share, and the one small message at the end of each rollout through which the ranks agree on what
 happened (a callback stop, a signal, the step and episode counts).
 
-With W ranks stepping ``n_envs`` envs each, one ``env.step()`` call of a rank is ``n_envs * W`` global steps
-(:func:`global_envs`); SB3's counters (``num_timesteps``, ``learning_starts``, ``target_update_interval``, callback
-frequencies) count global steps. Env ``i`` of rank ``r`` is global env ``r * n_envs + i`` and gets the seed
-``seed + r * n_envs + i`` (:func:`env_seed`): rank 0 is seeded exactly as SB3's one process.
+With D model replicas (the data-parallel ranks: D = W ranks without model parallelism, see
+:mod:`~sb3_parallel_dqn.distributed.mesh`) stepping ``n_envs`` envs each, one ``env.step()`` call of a rank is
+``n_envs * D`` global steps (:func:`global_envs`); SB3's counters (``num_timesteps``, ``learning_starts``,
+``target_update_interval``, callback frequencies) count global steps. Env ``i`` of replica ``d`` is global env
+``d * n_envs + i`` and gets the seed ``seed + d * n_envs + i`` (:func:`env_seed`): replica 0 is seeded exactly as
+SB3's one process, and the ranks of one replica (its model-parallel shards) step identical envs with identical random
+streams, so that they take the same actions and store the same transitions.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import signal
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
 
-from sb3_parallel_dqn.distributed import comm
+from sb3_parallel_dqn.distributed import comm, mesh
 
 
 class LockstepError(ValueError):
@@ -27,13 +31,13 @@ class LockstepError(ValueError):
 
 
 def global_envs(n_envs: int) -> int:
-    """Envs stepped by one ``env.step()`` call of every rank together: the global steps per call."""
-    return n_envs * comm.world_size()
+    """Envs stepped by one ``env.step()`` call of every replica together: the global steps per call."""
+    return n_envs * mesh.current().data_parallel_size
 
 
 def per_rank(global_steps: int) -> int:
-    """This rank's share of ``global_steps`` (at least 1), for counters that count this rank's steps."""
-    return max(global_steps // comm.world_size(), 1)
+    """This rank's (replica's) share of ``global_steps`` (at least 1), for counters that count this rank's steps."""
+    return max(global_steps // mesh.current().data_parallel_size, 1)
 
 
 def calls_per(global_steps: int, n_envs: int) -> int:
@@ -41,14 +45,17 @@ def calls_per(global_steps: int, n_envs: int) -> int:
     return max(global_steps // global_envs(n_envs), 1)
 
 
-def global_env_index(n_envs: int, index: int = 0, rank: int | None = None) -> int:
-    """The index in the whole job of env ``index`` of ``rank`` (default: this rank): ``rank * n_envs + index``."""
-    return (comm.rank() if rank is None else rank) * n_envs + index
+def global_env_index(n_envs: int, index: int = 0, replica: int | None = None) -> int:
+    """The index in the whole job of env ``index`` of ``replica`` (default: this rank's): ``replica * n_envs + index``."""
+    return (mesh.current().data_rank if replica is None else replica) * n_envs + index
 
 
-def env_seed(seed: int, n_envs: int, index: int = 0) -> int:
-    """The seed of this rank's env ``index`` (``index=0``: the rank's base seed): ``seed + rank * n_envs + index``."""
-    return seed + global_env_index(n_envs, index)
+def env_seed(seed: int, n_envs: int, index: int = 0, replica: int | None = None) -> int:
+    """
+    The seed of env ``index`` of ``replica`` (default: this rank's; ``index=0``: the replica's base seed):
+    ``seed + replica * n_envs + index``.
+    """
+    return seed + global_env_index(n_envs, index, replica)
 
 
 def check_train_freq(frequency: int, unit: str, world_size: int) -> None:
@@ -108,23 +115,25 @@ def agree_on_rollout(
 ) -> RolloutAgreement:
     """
     One ``Allreduce`` of 10 numbers at the end of every rollout: whether any rank stopped (so that all stop before
-    ``train()``, whose collectives would otherwise deadlock), received a signal, how many steps and episodes all ranks
-    made, and the sums behind the episode statistics that rank 0 logs for the whole job.
+    ``train()``, whose collectives would otherwise deadlock), received a signal, how many steps and episodes all
+    replicas made, and the sums behind the episode statistics that rank 0 logs for the whole job.
     """
     if comm.world_size() == 1:
         return RolloutAgreement(stop, local_signal, n_steps, n_episodes, {})
     infos, successes = list(episode_infos), list(successes)
+    # The shards of one replica step identical envs: only the first counts its steps and episodes.
+    own = float(mesh.current().model_rank == 0)
     sums = comm.allreduce_sum_(
         np.array(
             [
                 float(stop),
-                n_steps,
-                n_episodes,
-                sum(info["r"] for info in infos),
-                sum(info["l"] for info in infos),
-                len(infos),
-                sum(successes),
-                len(successes),
+                own * n_steps,
+                own * n_episodes,
+                own * sum(info["r"] for info in infos),
+                own * sum(info["l"] for info in infos),
+                own * len(infos),
+                own * sum(successes),
+                own * len(successes),
                 float(local_signal == signal.SIGTERM),
                 float(local_signal == signal.SIGINT),
             ],
@@ -139,10 +148,40 @@ def agree_on_rollout(
     return RolloutAgreement(bool(any_stop), received, int(total_steps), int(total_episodes), means)
 
 
-def episode_buffers(episode_means: dict[str, float]) -> tuple[deque[dict[str, float]], deque[float]]:
+@contextlib.contextmanager
+def episode_buffers_of_the_job(model: Any) -> Iterator[None]:
     """
-    Stand-ins for SB3's ``ep_info_buffer`` and ``ep_success_buffer`` whose means are ``episode_means`` (from
-    :func:`agree_on_rollout`): SB3's ``dump_logs`` logs the means of these buffers, and should log the whole job's.
+    Within the block, SB3's ``model.ep_info_buffer`` and ``ep_success_buffer`` (whose means SB3's ``dump_logs`` logs)
+    are stand-ins with the means over every replica's episodes, from the last :func:`agree_on_rollout`; the rank's
+    own buffers come back afterwards. Nothing changes with one process, or before the first rollout.
     """
-    infos = deque([{"r": episode_means["r"], "l": episode_means["l"]}] if "r" in episode_means else [])
-    return infos, deque([episode_means["success"]] if "success" in episode_means else [])
+    means = model._global_episode_means
+    local_buffers = model.ep_info_buffer, model.ep_success_buffer
+    if means is not None:
+        model.ep_info_buffer = deque([{"r": means["r"], "l": means["l"]}] if "r" in means else [])
+        model.ep_success_buffer = deque([means["success"]] if "success" in means else [])
+    try:
+        yield
+    finally:
+        model.ep_info_buffer, model.ep_success_buffer = local_buffers
+
+
+def check_model(model: Any, **learn_settings: Any) -> None:
+    """
+    Refuse, on every rank and before any training collective, a ``ParallelDQN`` whose settings differ across ranks:
+    what changes the number or the size of the collectives (a deadlock, or an error inside MPI), and what would make
+    the ranks train different models; plus ``learn``'s own settings. The parameter shapes are the whole network's
+    (shards may differ in size).
+    """
+    from sb3_parallel_dqn.distributed.tensor_parallel import whole_shapes
+
+    check_train_freq(model.train_freq.frequency, model.train_freq.unit.value, comm.world_size())
+    buffer_class = type(model.replay_buffer) if model.replay_buffer is not None else model.replay_buffer_class
+    names = ("n_envs", "gradient_steps", "learning_starts", "sync_check_interval", "batch_size", "n_steps", "double_q",
+             "model_parallel_size", "shard_optimizer")  # fmt: skip
+    settings = {name: getattr(model, name) for name in names} | {
+        "train_freq": model.train_freq.frequency,
+        "replay_buffer_class": getattr(buffer_class, "__qualname__", None),
+        "parameters": whole_shapes(model.policy),
+    }
+    check_same_settings({**settings, **learn_settings})

@@ -25,8 +25,9 @@ import numpy as np
 import torch as th
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 
-from sb3_parallel_dqn.distributed import comm
+from sb3_parallel_dqn.distributed import comm, mesh, model_parallel
 from sb3_parallel_dqn.distributed.gradients import GradientAverager
+from sb3_parallel_dqn.distributed.sharded_optimizer import ShardedAdam
 from sb3_parallel_dqn.engine.flat_update import FlatUpdate
 from sb3_parallel_dqn.engine.q_forward import QForward, q_forward
 from sb3_parallel_dqn.engine.sampling import sample_batches
@@ -66,7 +67,8 @@ class TrainingEngine:
 
     def __init__(self, model: DQN) -> None:
         self.model = model
-        self.update: FlatUpdate | None = None
+        # FlatUpdate, or ShardedAdam with shard_optimizer (which then also does the reduction over the data group).
+        self.update: FlatUpdate | ShardedAdam | None = None
         # Averages the gradients over ranks, in the flat gradient buffer; None with one process.
         self.averager: GradientAverager | None = None
         self.acting_q: QForward = lambda obs: model.q_net(obs)
@@ -114,7 +116,7 @@ class TrainingEngine:
         model = self.model
         self.online_q = q_forward(model.q_net)
         self.target_q = q_forward(model.q_net_target)
-        self._prepare_update()
+        self.prepare_update()
         buffer = model.replay_buffer
         if isinstance(buffer, PrioritizedReplayBuffer):
             buffer.set_progress(model._current_progress_remaining)
@@ -147,16 +149,20 @@ class TrainingEngine:
         """
         assert self.update is not None
         self.update.zero_grad()
-        if self.averager is None:
+        if self.averager is None and not isinstance(self.update, ShardedAdam):
             loss_value = loss.item()
             loss.backward()
             self._mark("forward_backward")
             return loss_value
         loss.backward()
         self._mark("forward_backward")
-        # The loss travels in the same Allreduce. The gradient views were checked once for this train() call
-        # (FlatUpdate.attach), and nothing in it replaces them: no check per step.
-        loss_value = self.averager.average_(loss, reattach=False)
+        if isinstance(self.update, ShardedAdam):
+            loss_value = self.update.reduce_(loss)  # ZeRO: reduce-scatter, then the norm and the loss
+        else:
+            # The loss travels in the same Allreduce. The gradient views were checked once for this train() call
+            # (FlatUpdate.attach), and nothing in it replaces them: no check per step.
+            assert self.averager is not None
+            loss_value = self.averager.average_(loss, reattach=False)
         self._mark("sync")
         return loss_value
 
@@ -184,13 +190,19 @@ class TrainingEngine:
 
     def pop_mean_sync_ms(self) -> float | None:
         """Mean milliseconds of one gradient ``Allreduce`` since the last call; None with one process."""
+        if isinstance(self.update, ShardedAdam):
+            return self.update.pop_mean_sync_ms()
         return None if self.averager is None else self.averager.pop_mean_sync_ms()
 
-    def _prepare_update(self) -> None:
-        """(Re)build the flat buffers where ``load``/``set_parameters`` replaced the network or the optimizer."""
+    def prepare_update(self) -> None:
+        """
+        (Re)build the flat buffers where ``load``/``set_parameters`` replaced the network or the optimizer, and cut
+        whole Adam moments loaded since the last update to this rank's shard (and block). Local: no collective.
+        """
         model = self.model
+        model_parallel.cut_whole_optimizer_state(model.policy)  # whole moments from a model file, into shards
         parameters = [p for p in model.q_net.parameters() if p.requires_grad]
-        update = self.update
+        update, grid = self.update, mesh.current()
         if (
             update is None
             or update.optimizer is not model.policy.optimizer
@@ -198,11 +210,19 @@ class TrainingEngine:
             or len(update.parameters) != len(parameters)
             or any(a is not b for a, b in zip(update.parameters, parameters, strict=True))
         ):
-            grad_buffer = None
-            if comm.world_size() > 1:
-                self.averager = GradientAverager(parameters)
+            grad_buffer, self.averager = None, None
+            if getattr(model, "shard_optimizer", False):
+                weights = model_parallel.norm_weights(model.policy)
+                counts_loss = grid.model_rank == 0
+                self.update = ShardedAdam(
+                    parameters, model.policy.optimizer, grid.data_group, weights, counts_loss, grid.data_parallel_size
+                )
+                return
+            if grid.data_parallel_size > 1:
+                self.averager = GradientAverager(parameters, grid.data_group)
                 grad_buffer = self.averager.buffer
-            self.update = FlatUpdate(parameters, model.policy.optimizer, grad_buffer)
+            norm = model_parallel.whole_model_norm(model.policy)
+            self.update = FlatUpdate(parameters, model.policy.optimizer, grad_buffer, norm)
         else:
             update.attach()
 

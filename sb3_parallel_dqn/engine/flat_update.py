@@ -16,7 +16,7 @@ The optimizer object and its ``state_dict`` stay those of SB3 (one state entry p
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch as th
 
@@ -57,15 +57,22 @@ class FlatUpdate:
     :param optimizer: the optimizer that owns them
     :param grad_buffer: an existing flat gradient buffer to use (whose leading elements the ``.grad`` views cover),
         e.g. :class:`~sb3_parallel_dqn.distributed.gradients.GradientAverager`'s; by default one is made here
+    :param total_norm: the clip norm from the per-tensor norms (default: their 2-norm, as ``clip_grad_norm_``); with
+        model parallelism, the whole model's (see :func:`sb3_parallel_dqn.distributed.model_parallel.whole_model_norm`)
     """
 
     def __init__(
-        self, parameters: Sequence[th.nn.Parameter], optimizer: th.optim.Optimizer, grad_buffer: th.Tensor | None = None
+        self,
+        parameters: Sequence[th.nn.Parameter],
+        optimizer: th.optim.Optimizer,
+        grad_buffer: th.Tensor | None = None,
+        total_norm: Callable[[th.Tensor], th.Tensor] | None = None,
     ) -> None:
         self.parameters = list(parameters)
         if not self.parameters or not all(p.requires_grad for p in self.parameters):
             raise ValueError("FlatUpdate needs a non-empty list of parameters that all require grad")
         self.optimizer = optimizer
+        self.total_norm = total_norm
         n = sum(p.numel() for p in self.parameters)
         if grad_buffer is None:
             grad_buffer, _ = attach_flat_grads(self.parameters)
@@ -123,8 +130,8 @@ class FlatUpdate:
         ``th.nn.utils.clip_grad_norm_(parameters, max_norm)``, same float operations: the norm of the per-tensor
         norms, then one multiply of the flat buffer by the clamped coefficient. Returns the total norm.
         """
-        norms = compat.foreach_norm(self.grads, 2.0)
-        total_norm = th.linalg.vector_norm(th.stack(norms), 2.0)
+        norms = th.stack(compat.foreach_norm(self.grads, 2.0))
+        total_norm = th.linalg.vector_norm(norms, 2.0) if self.total_norm is None else self.total_norm(norms)
         clip_coef = float(max_norm) / (total_norm + 1e-6)
         self._flat_grad.mul_(th.clamp(clip_coef, max=1.0))
         return total_norm

@@ -11,7 +11,7 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from sb3_parallel_dqn import compat
-from sb3_parallel_dqn.distributed import comm, lockstep
+from sb3_parallel_dqn.distributed import comm, lockstep, mesh
 from sb3_parallel_dqn.envs.subproc import ParallelSubprocVecEnv
 
 VEC_ENV_CLASSES: dict[str, type[DummyVecEnv | SubprocVecEnv]] = {"dummy": DummyVecEnv, "subproc": ParallelSubprocVecEnv}
@@ -51,6 +51,7 @@ def make_parallel_vec_env(
     vec_env_kwargs: dict[str, Any] | None = None,
     monitor_kwargs: dict[str, Any] | None = None,
     wrapper_kwargs: dict[str, Any] | None = None,
+    replica: int | None = None,
 ) -> VecEnv:
     """
     SB3's ``make_vec_env`` for this rank's share of the job.
@@ -59,7 +60,8 @@ def make_parallel_vec_env(
     its action space are ``seed + r * n_envs + i``, and its monitor file is ``<monitor_dir>/<r>.<i>.monitor.csv``
     (``0.0.monitor.csv``, ``0.1.monitor.csv``, ``1.0.monitor.csv``, ...), so nothing collides across ranks. Apart
     from the monitor file names, one process gives exactly ``make_vec_env``'s envs: same seeds, observations and
-    action samples.
+    action samples. With model parallelism ``r`` counts replicas, not ranks: the ranks of a replica step identical
+    envs (see :mod:`~sb3_parallel_dqn.distributed.model_parallel`), and only the first of them writes monitor files.
 
     Every start method (``fork``, ``forkserver``, ``spawn``) works under ``mpirun``, as with SB3's own
     ``SubprocVecEnv``/``make_vec_env``: MPI is initialised (by ``comm.rank()``, below) before any worker starts,
@@ -76,13 +78,19 @@ def make_parallel_vec_env(
         ``n_envs > 1`` and ``DummyVecEnv`` otherwise; ``"subproc"`` and SB3's ``SubprocVecEnv`` give a
         :class:`~sb3_parallel_dqn.envs.ParallelSubprocVecEnv`, whose errors name the env worker that died
     :param vec_env_kwargs: keyword arguments for the ``VecEnv`` class, e.g. ``{"start_method": "spawn"}``
+    :param replica: seed the envs as this replica's (default: this rank's), e.g. 0 for evaluation envs that every rank
+        must see alike
     The other parameters are those of ``stable_baselines3.common.env_util.make_vec_env``.
     """
     env_kwargs = env_kwargs or {}
     vec_env_kwargs = vec_env_kwargs or {}
     monitor_kwargs = monitor_kwargs or {}
     wrapper_kwargs = wrapper_kwargs or {}
-    rank = comm.rank()
+    comm.rank()  # under a launcher: MPI initialised (and its variables hidden) before any worker starts
+    grid = mesh.current()
+    rank = grid.data_rank if replica is None else replica
+    # Plain values only in the closure below: it is pickled to SubprocVecEnv workers, and the mesh holds communicators.
+    writes_monitor = monitor_dir is not None and grid.model_rank == 0
 
     # SB3 2.9's make_vec_env.make_env, except for the monitor file name: make_vec_env names it by one integer
     # (start_index + i), which cannot say which rank wrote it. Keep the rest diffable against SB3.
@@ -105,9 +113,9 @@ def make_parallel_vec_env(
             if seed is not None:
                 # Note: here we only seed the action space
                 # We will seed the env at the next reset
-                env.action_space.seed(lockstep.env_seed(seed, n_envs, index))
+                env.action_space.seed(lockstep.env_seed(seed, n_envs, index, rank))
             # Monitor appends ".monitor.csv" to the path.
-            monitor_path = os.path.join(monitor_dir, f"{rank}.{index}") if monitor_dir is not None else None
+            monitor_path = os.path.join(monitor_dir, f"{rank}.{index}") if writes_monitor and monitor_dir is not None else None
             if monitor_path is not None and monitor_dir is not None:
                 os.makedirs(monitor_dir, exist_ok=True)
             env = Monitor(env, filename=monitor_path, **monitor_kwargs)
@@ -120,7 +128,7 @@ def make_parallel_vec_env(
     vec_env = resolve_vec_env_cls(vec_env_cls, n_envs)([make_env(i) for i in range(n_envs)], **vec_env_kwargs)
     # VecEnv.seed(s) seeds env i with s + i at the next reset. Like make_vec_env, also call it without a seed: it
     # then draws one from numpy's global generator, and skipping that draw would change what follows it.
-    vec_env.seed(None if seed is None else lockstep.env_seed(seed, n_envs))
+    vec_env.seed(None if seed is None else lockstep.env_seed(seed, n_envs, replica=rank))
     return vec_env
 
 

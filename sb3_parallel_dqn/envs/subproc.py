@@ -310,7 +310,7 @@ class ParallelSubprocVecEnv(SubprocVecEnv):
             )
 
     def _worker_name(self, index: int) -> str:
-        global_index = lockstep.global_env_index(len(self.processes), index, self.rank)
+        global_index = lockstep.global_env_index(len(self.processes), index)
         return f"env worker {index} of rank {self.rank} (global env index {global_index}, pid {self.processes[index].pid})"
 
     def _worker_lost(self, index: int, error: BaseException) -> EnvWorkerError:
@@ -342,7 +342,7 @@ class ParallelSubprocVecEnv(SubprocVecEnv):
             message,
             index,
             self.rank,
-            lockstep.global_env_index(len(self.processes), index, self.rank),
+            lockstep.global_env_index(len(self.processes), index),
             self.processes[index].pid,
             exitcode,
             worker_traceback,

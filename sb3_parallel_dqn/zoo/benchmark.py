@@ -153,14 +153,18 @@ def run_worker(args: argparse.Namespace) -> None:
     assert n_timesteps is not None, "no n_timesteps in the config: pass -n"
     threshold = args.threshold if args.threshold is not None else THRESHOLDS.get(args.env, float("inf"))
     root = comm.is_root()
+    # A split Q-network's forward pass is a collective over its model group: every rank evaluates then, on the same
+    # seeds (so the same observations), and rank 0 keeps the numbers.
+    evaluates = root or int(model_kwargs.get("model_parallel_size", 1)) > 1
 
     class TimedEval(BaseCallback):
-        """Evaluate every eval_freq global steps on rank 0; keep evaluation time off the training clock."""
+        """Evaluate every eval_freq global steps (rank 0, or every rank of a split model); keep evaluation time off
+        the training clock."""
 
         def __init__(self) -> None:
             super().__init__()
             eval_seed = args.seed + EVAL_SEED_OFFSET  # as train's periodic and final evaluations
-            self.eval_env = make_eval_env(args.env, settings, seed=eval_seed) if root else None
+            self.eval_env = make_eval_env(args.env, settings, seed=eval_seed) if evaluates else None
             self.next_eval = args.eval_freq
             self.eval_seconds = 0.0
             self.curve: list[tuple[int, float, float]] = []  # (global step, training seconds, mean return)
@@ -209,10 +213,12 @@ def run_worker(args: argparse.Namespace) -> None:
     result["peak_rss_mib"] = float(rss[:, 0].max().round(1))
     # None where no rank steps its envs in subprocesses (n_envs 1 or DummyVecEnv)
     result["env_workers_peak_rss_mib"] = None if np.isnan(rss[:, 1]).all() else float(np.nanmax(rss[:, 1]).round(1))
-    if not root:
+    if not evaluates:
         return
     final_env = make_eval_env(args.env, settings, seed=args.seed + 2 * EVAL_SEED_OFFSET)
     returns, _ = evaluate_policy(model, final_env, n_eval_episodes=args.final_episodes, return_episode_rewards=True)
+    if not root:
+        return
     first_solve = next((seconds for _, seconds, ret in callback.curve if ret >= threshold), None)
     # "stable": two evaluations in a row at or above the threshold
     pairs = zip(callback.curve, callback.curve[1:], strict=False)
@@ -238,8 +244,20 @@ def run_worker(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def run_job(command: list[str], what: str, timeout: float) -> bool:
+    """Run one worker job (a process or an mpirun job); on failure print the end of its output and return False."""
+    print(f"[{time.strftime('%H:%M:%S')}] {what} ...", flush=True)
+    proc = subprocess.run(command, timeout=timeout, capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
+    return proc.returncode == 0
+
+
 def command_for(config: str, seed: int, args: argparse.Namespace, result: Path) -> list[str]:
-    worker = [sys.executable, "-m", "sb3_parallel_dqn.benchmark", "--worker", "sb3" if config == "sb3" else "pdqn"]
+    """The worker command of a configuration: ``sb3``, ``pdqn-<W>``, ``mp-<W>`` (one model split over W ranks) or
+    ``zero-<W>`` (W data-parallel ranks with the sharded optimizer)."""
+    kind, _, ranks = config.partition("-")
+    worker = [sys.executable, "-m", "sb3_parallel_dqn.benchmark", "--worker", "sb3" if kind == "sb3" else "pdqn"]
     worker += ["--env", args.env, "--seed", str(seed), "--result", str(result), "--eval-freq", str(args.eval_freq)]
     worker += ["--eval-episodes", str(args.eval_episodes), "--final-episodes", str(args.final_episodes)]
     worker += ["--profile-steps", str(args.profile_steps)]
@@ -253,13 +271,14 @@ def command_for(config: str, seed: int, args: argparse.Namespace, result: Path) 
         worker += ["--threshold", str(args.threshold)]
     if args.hyperparams:
         worker += ["-params", *args.hyperparams]
-    if args.pdqn_params:
-        worker += ["--pdqn-params", *args.pdqn_params]
+    layout = {"mp": [f"model_parallel_size:{ranks}"], "zero": ["shard_optimizer:True"]}.get(kind, [])
+    if kind != "sb3" and (args.pdqn_params or layout):
+        worker += ["--pdqn-params", *args.pdqn_params, *layout]
     if args.sb3_params:
         worker += ["--sb3-params", *args.sb3_params]
-    if config.startswith("pdqn-") and int(config.split("-")[1]) > 1:
+    if kind != "sb3" and int(ranks) > 1:
         mpirun = str(Path(sys.executable).parent / "mpirun")
-        return [mpirun, "-np", config.split("-")[1], *worker]
+        return [mpirun, "-np", ranks, *worker]
     return worker
 
 
@@ -405,6 +424,13 @@ def system_info() -> dict[str, Any]:
     return info
 
 
+def machine_line(system: dict[str, Any], versions: dict[str, str | None]) -> str:
+    """One line for a report's header: the hardware and every library version."""
+    machine = f"{system['machine']}, {system['cpu_model']}, {system['cpu_count']} cores, {system['memory_gib']} GiB, "
+    machine += ", ".join(f"{name} {value}" for name, value in versions.items() if name != "mpi_library")
+    return machine + f", MPI: {versions['mpi_library']}"
+
+
 def library_versions() -> dict[str, str | None]:
     """Versions of everything the numbers depend on, MPI library included."""
     from importlib.metadata import PackageNotFoundError, version
@@ -433,10 +459,7 @@ def run_driver(args: argparse.Namespace) -> int:
             result_file = out / f"{config}_seed{seed}.json"
             command = command_for(config, seed, args, result_file)
             commands.append(shlex.join(command))
-            print(f"[{time.strftime('%H:%M:%S')}] {config} seed {seed} ...", flush=True)
-            proc = subprocess.run(command, timeout=args.timeout, capture_output=True, text=True)
-            if proc.returncode != 0:
-                print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
+            if not run_job(command, f"{config} seed {seed}", args.timeout):
                 return 1
             result = json.loads(result_file.read_text())
             result["command"] = shlex.join(command)
@@ -448,9 +471,7 @@ def run_driver(args: argparse.Namespace) -> int:
             )
     table = summarise(results, threshold)
     system, versions = system_info(), library_versions()
-    machine = f"{system['machine']}, {system['cpu_model']}, {system['cpu_count']} cores, {system['memory_gib']} GiB, "
-    machine += ", ".join(f"{name} {value}" for name, value in versions.items() if name != "mpi_library")
-    machine += f", MPI: {versions['mpi_library']}"
+    machine = machine_line(system, versions)
     driver_command = shlex.join([sys.executable, *sys.argv])
     summary = {
         "args": vars(args),
@@ -471,3 +492,117 @@ def run_driver(args: argparse.Namespace) -> int:
     (out / "results.md").write_text(report)
     print(report)
     return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Parallelism (--parallelism): the time of one gradient update and the bytes per rank, by network and layout.
+# ---------------------------------------------------------------------------------------------------------------------
+
+# layout -> (processes, torch threads per process, ParallelDQN keyword arguments)
+LAYOUTS: dict[str, tuple[int, int, dict[str, Any]]] = {
+    "1 process, 1 thread": (1, 1, {}),
+    "1 process, 2 threads": (1, 2, {}),
+    "data parallel, 2 ranks": (2, 1, {}),
+    "model_parallel_size=2": (2, 1, {"model_parallel_size": 2}),
+    "data parallel, 2 ranks + shard_optimizer": (2, 1, {"shard_optimizer": True}),
+}
+
+
+def _net_kwargs(net: str) -> tuple[Any, dict[str, Any]]:
+    """The env and policy of a network name: ``4096x4096`` (an MLP on CartPole) or ``cnn`` (NatureCNN on 4x84x84)."""
+    if net == "cnn":
+        from stable_baselines3.common.envs import FakeImageEnv
+
+        return FakeImageEnv(screen_height=84, screen_width=84, n_channels=4, discrete=True, channel_first=True), {
+            "policy": "CnnPolicy"
+        }
+    return "CartPole-v1", {"policy": "MlpPolicy", "policy_kwargs": {"net_arch": [int(units) for units in net.split("x")]}}
+
+
+def run_update_worker(args: argparse.Namespace) -> None:
+    """Time ``--updates`` gradient updates of one network in one layout (this process is one rank of it)."""
+    import torch as th
+    from stable_baselines3.common.logger import configure
+
+    from sb3_parallel_dqn import ParallelDQN
+    from sb3_parallel_dqn.distributed import comm
+
+    n_procs, threads, kwargs = LAYOUTS[args.layout]
+    env, policy_kwargs = _net_kwargs(args.net)
+    # The same global batch in every layout: data-parallel ranks take a share each, a split model the whole of it.
+    replicas = comm.world_size() // kwargs.get("model_parallel_size", 1)
+    batch_size = args.batch_size // replicas
+    model = ParallelDQN(policy_kwargs.pop("policy"), env, buffer_size=2_000, batch_size=batch_size, seed=0,
+                        torch_num_threads=threads, **policy_kwargs, **kwargs)  # fmt: skip
+    model.set_logger(configure(None, []))
+    # The ranks of a split model hold the same data (as in training, where their envs are seeded alike).
+    buffer, rng = model.replay_buffer, np.random.default_rng(comm.rank() // kwargs.get("model_parallel_size", 1))
+    assert buffer is not None
+    obs_shape, dtype = buffer.observations.shape[2:], buffer.observations.dtype
+    for _ in range(1_000):
+        obs = (
+            rng.integers(0, 255, size=(1, *obs_shape)).astype(dtype) if dtype == np.uint8 else rng.normal(size=(1, *obs_shape))
+        )
+        buffer.add(obs, obs, np.array([[rng.integers(2)]]), np.array([rng.normal()]), np.array([False]), [{}])
+    seconds = []
+    for index in range(args.updates + 2):  # the first two warm up
+        comm.allgather(np.zeros(1))  # start together
+        start = time.perf_counter()
+        model.train(gradient_steps=1, batch_size=batch_size)
+        if index >= 2:
+            seconds.append(time.perf_counter() - start)
+    report = model.memory_report()
+    times = comm.allgather(np.array([np.median(seconds)]))[:, 0]
+    if comm.is_root():
+        result = {"net": args.net, "layout": args.layout, "processes": n_procs, "threads": threads,
+                  "batch_per_rank": batch_size, "update_us": 1e6 * float(times.max()), "memory": report,
+                  "torch_threads": th.get_num_threads()}  # fmt: skip
+        Path(args.result).write_text(json.dumps(result))
+
+
+def run_parallelism(args: argparse.Namespace) -> int:
+    """Every network in every layout, one fresh process (or mpirun job) each; a table of times and bytes per rank."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, commands = [], []
+    for net in args.nets:
+        for layout, (n_procs, _, _) in LAYOUTS.items():
+            result_file = out / f"{net}_{layout.replace(' ', '_').replace(',', '').replace('=', '')}.json"
+            command = [sys.executable, "-m", "sb3_parallel_dqn.benchmark", "--worker", "update", "--net", net,
+                       "--layout", layout, "--batch-size", str(args.batch_size), "--updates", str(args.updates),
+                       "--result", str(result_file)]  # fmt: skip
+            if n_procs > 1:
+                command = [str(Path(sys.executable).parent / "mpirun"), "-np", str(n_procs), *command]
+            commands.append(shlex.join(command))
+            if not run_job(command, f"{net}: {layout}", args.timeout):
+                return 1
+            rows.append(json.loads(result_file.read_text()))
+    table = parallelism_table(rows)
+    system, versions = system_info(), library_versions()
+    machine, driver_command = machine_line(system, versions), shlex.join([sys.executable, *sys.argv])
+    report = f"# Update time and memory per rank\n\n{machine}\n\nCommand: `{driver_command}`\n\n"
+    report += f"Global batch {args.batch_size}; {args.updates} updates timed (median).\n\nWorker commands:\n\n"
+    report += "".join(f"- `{command}`\n" for command in commands) + f"\n{table}\n"
+    summary = {"machine": machine, "system": system, "versions": versions, "command": driver_command}
+    (out / "results.json").write_text(json.dumps(summary | {"commands": commands, "rows": rows}, indent=1))
+    (out / "results.md").write_text(report)
+    print(report)
+    return 0
+
+
+def parallelism_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| network | layout | batch per rank | update µs (median) | vs 1 process, 1 thread | parameters MiB per rank "
+        "| vs 1 process | gradients MiB | optimizer MiB per rank | vs 1 process |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    base = {row["net"]: row for row in rows if row["layout"] == "1 process, 1 thread"}
+    for row in rows:
+        memory, reference = row["memory"], base[row["net"]]["memory"]
+        lines.append(
+            f"| {row['net']} | {row['layout']} | {row['batch_per_rank']} | {row['update_us']:,.0f} "
+            f"| {row['update_us'] / base[row['net']]['update_us']:.2f}x | {memory['parameters'] / 2**20:.1f} "
+            f"| {memory['parameters'] / reference['parameters']:.2f}x | {memory['gradients'] / 2**20:.1f} "
+            f"| {memory['optimizer'] / 2**20:.1f} | {memory['optimizer'] / reference['optimizer']:.2f}x |"
+        )
+    return "\n".join(lines)

@@ -46,11 +46,16 @@ def make_run_callbacks(
     eval_freq: int,
     eval_episodes: int,
     verbose: int,
+    everywhere: bool = False,
 ) -> list[BaseCallback]:
     """
     As the zoo: the config's own callbacks, checkpoints every ``save_freq`` global steps (every rank writes its share),
     then periodic evaluation every ``eval_freq`` global steps (rank 0 alone; the other ranks simply wait for it at the
     next gradient sync), which keeps ``best_model.zip`` with its normalization statistics.
+
+    ``everywhere``: every rank evaluates, on the same episodes, when the model is split or its optimizer sharded (a
+    split model's forward pass takes its whole group, and saving the best model gathers the shards, collectively);
+    rank 0 alone writes the files.
     """
     callbacks = make_callbacks(settings)
     if save_freq > 0:
@@ -63,7 +68,7 @@ def make_run_callbacks(
                 verbose=2 if verbose >= 1 else 0,
             )
         )
-    if eval_freq > 0 and comm.is_root():
+    if eval_freq > 0 and (comm.is_root() or everywhere):
         eval_seed = None if seed is None else seed + EVAL_SEED_OFFSET
         callbacks.append(
             EvalCallback(
@@ -72,8 +77,8 @@ def make_run_callbacks(
                 eval_freq=lockstep.calls_per(eval_freq, settings.n_envs),
                 n_eval_episodes=eval_episodes,
                 best_model_save_path=str(run_dir),
-                log_path=str(run_dir),
-                verbose=verbose,
+                log_path=str(run_dir) if comm.is_root() else None,
+                verbose=verbose if comm.is_root() else 0,
                 # As the zoo, keep the normalization statistics that go with the best model.
                 callback_on_new_best=SaveVecNormalizeCallback(run_dir / env_id / "vecnormalize.pkl"),
             )

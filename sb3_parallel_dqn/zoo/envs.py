@@ -341,6 +341,7 @@ def make_eval_env(
         wrapper_class=EnvWrappers(settings.env_wrappers) if settings.env_wrappers else None,
         env_kwargs=settings.env_kwargs,
         vec_env_cls=DummyVecEnv,
+        replica=0,  # the same episodes on every rank that evaluates (see zoo/callbacks.py)
     )
     return wrap_vec_env(env, settings, eval_env=True, vecnormalize_path=vecnormalize_path)
 

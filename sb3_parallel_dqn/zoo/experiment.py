@@ -31,7 +31,7 @@ from sb3_parallel_dqn.checkpoints import (
     save_vecnormalize,
     vecnormalize_path,
 )
-from sb3_parallel_dqn.distributed import comm, lockstep
+from sb3_parallel_dqn.distributed import comm, lockstep, mesh
 from sb3_parallel_dqn.distributed.devices import set_torch_threads
 from sb3_parallel_dqn.interrupt import stop_on_signals
 from sb3_parallel_dqn.parallel_dqn import ParallelDQN
@@ -64,7 +64,8 @@ class Setup:
             key, value = parse_override(item)
             overrides[key] = value
             raw_overrides[key] = yaml_value(value, item.partition(":")[2].strip())
-        for key, value in (("n_envs", args.n_envs), ("vec_env", args.vec_env)):
+        flags = ("n_envs", args.n_envs), ("vec_env", args.vec_env), ("model_parallel_size", args.model_parallel_size)
+        for key, value in (*flags, ("shard_optimizer", args.shard_optimizer)):
             if value is not None:
                 overrides[key] = raw_overrides[key] = value
         entry = load_entry(args.env, conf_file, overrides, raw_overrides)
@@ -73,6 +74,21 @@ class Setup:
         self.n_timesteps = args.n_timesteps if args.n_timesteps > 0 else self.settings.n_timesteps
         if self.n_timesteps is None and not args.trained_agent:
             raise ConfigError(f"no n_timesteps in entry '{self.entry}' of {conf_file}: pass -n")
+        self.model_parallel_size = self.model_kwargs.get("model_parallel_size", 1)
+        self.sharded = self.model_parallel_size > 1 or self.model_kwargs.get("shard_optimizer", False)
+        try:  # the launcher says how many ranks there will be
+            mesh.check_size(self.model_parallel_size, comm.launcher_world_size() or 1)
+        except mesh.MeshError as error:
+            raise ConfigError(str(error), file=conf_file, entry=self.entry, key="model_parallel_size") from None
+        if self.sharded and self.settings.normalize_kwargs is not None and (comm.launcher_world_size() or 1) > 1:
+            # Every rank then evaluates, and must decide alike when a model is the best so far (saving it is
+            # collective); with normalize each replica's statistics, hence its evaluation, differ.
+            raise ConfigError(
+                "normalize is not supported with model_parallel_size > 1 or shard_optimizer under mpirun",
+                file=conf_file,
+                entry=self.entry,
+                key="normalize",
+            )
         train_freq = self.model_kwargs.get("train_freq")
         if isinstance(train_freq, tuple):
             try:  # as the launcher announced the job (no collective here)
@@ -124,6 +140,8 @@ def train(args: argparse.Namespace) -> int:
             print(f"error: {error}", file=sys.stderr)
         return 2
     settings, world_size = setup.settings, comm.world_size()
+    # The mesh before the envs, whose seeds count replicas; with model parallelism, one seed for the job.
+    args.seed = mesh.setup(setup.model_parallel_size).seed_of_the_job(args.seed)
     try:
         shards = resumable_shards(args.trained_agent, world_size) if args.trained_agent else []
     except ConfigError as error:
@@ -157,6 +175,7 @@ def train(args: argparse.Namespace) -> int:
             eval_freq=args.eval_freq,
             eval_episodes=args.eval_episodes,
             verbose=args.verbose,
+            everywhere=setup.sharded,
         )
         learn_kwargs: dict[str, Any] = {} if args.log_interval < 0 else {"log_interval": args.log_interval}
         # SIGTERM/SIGINT on any rank: every rank stops after the same rollout, then writes a checkpoint below.
@@ -180,8 +199,9 @@ def train(args: argparse.Namespace) -> int:
 
     if comm.is_root():
         print(f"Saved model to {model_path}")
-        if args.final_eval_episodes > 0:
-            final_evaluation(model, args, settings, run_dir)
+    # A split model evaluates on every rank of its group (each forward pass is theirs together): all ranks do.
+    if args.final_eval_episodes > 0 and (comm.is_root() or setup.model_parallel_size > 1):
+        final_evaluation(model, args, settings, run_dir)
     return 0
 
 
@@ -277,10 +297,12 @@ def save_interrupted(model: ParallelDQN, args: argparse.Namespace, run_dir: Path
 def final_evaluation(model: ParallelDQN, args: argparse.Namespace, settings: EnvSettings, run_dir: Path) -> None:
     """Evaluate the final and the best model on fresh episodes, seeded apart from training and periodic evaluation."""
     seed = None if args.seed is None else args.seed + 2 * EVAL_SEED_OFFSET
-    print(f"Final evaluation over {args.final_eval_episodes} episodes: {evaluate(model, args, settings, run_dir, seed)}")
+    result = evaluate(model, args, settings, run_dir, seed)
+    if comm.is_root():
+        print(f"Final evaluation over {args.final_eval_episodes} episodes: {result}")
     best_path = run_dir / "best_model.zip"
-    if best_path.exists():
-        best = ParallelDQN.load(best_path, device=model.device)
+    if best_path.exists() and comm.is_root():
+        best = ParallelDQN.load(best_path, device=model.device)  # whole (M = 1): rank 0 alone
         result = evaluate(best, args, settings, run_dir, seed)
         print(f"Best model ({best_path}) over {args.final_eval_episodes} episodes: {result}")
 

@@ -166,6 +166,12 @@ class _ParallelExperimentManager(_ManagerBase):
 
     def setup_experiment(self) -> tuple[BaseAlgorithm, dict[str, Any]] | None:
         result = super().setup_experiment()
+        model = None if result is None else result[0]
+        if self._world_size > 1 and (getattr(model, "model_parallel_size", 1) > 1 or getattr(model, "shard_optimizer", False)):
+            # The zoo evaluates and saves on rank 0 alone: a split model or a sharded optimizer needs every rank there.
+            raise ZooUsageError(
+                "model_parallel_size > 1 and shard_optimizer are not supported here: use python -m sb3_parallel_dqn.train"
+            )
         if self.algo == ALGO and self.args.num_threads > 0:
             # The zoo set the threads before building the model, whose constructor then picked its own default.
             set_torch_threads(self.args.num_threads)

@@ -27,7 +27,12 @@ CASES = [
     ("gradient_steps", {"gradient_steps": 1}, {"gradient_steps": 2}, "gradient_steps: [1, 2]"),
     ("batch_size", {"batch_size": 32}, {"batch_size": 64}, "batch_size: [32, 64]"),
     ("double_q", {"double_q": False}, {"double_q": True}, "double_q: [False, True]"),
-    ("shapes", {"policy_kwargs": {"net_arch": [16]}}, {"policy_kwargs": {"net_arch": [17]}}, "parameters: [[(16, 4), "),
+    (
+        "shapes",
+        {"policy_kwargs": {"net_arch": [16]}},
+        {"policy_kwargs": {"net_arch": [17]}},
+        "parameters: [[('q_net.q_net.0.weight', (16, 4)), ",
+    ),
     ("budget", {}, {}, "total_timesteps: [1000, 1001]"),
 ]
 

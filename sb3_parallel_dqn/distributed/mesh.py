@@ -1,0 +1,101 @@
+"""
+The mesh of a job: W ranks as W / M model replicas (the data-parallel ranks) of M consecutive ranks each (the
+tensor-parallel shards of one Q-network), laid out as Megatron-LM lays out its tensor- and data-parallel groups.
+
+With ``model_parallel_size=M``, ranks ``r`` and ``r'`` hold shards of the same replica when ``r // M == r' // M``
+(their *model group*, which runs every forward and backward pass together) and the same shard of different replicas
+when ``r % M == r' % M`` (their *data group*, which averages gradients). With M = 1 (the default) each rank is a
+replica of its own, and the data group is the world.
+
+One process runs one mesh: :func:`setup` makes the two sub-communicators (``Split``: collective, so it runs where
+every rank runs, in ``ParallelDQN``'s constructor or ``load(..., model_parallel_size=M)`` on every rank) and makes
+the mesh current; the lockstep rules (:mod:`~sb3_parallel_dqn.distributed.lockstep`) count replicas, not ranks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from sb3_parallel_dqn.distributed import comm
+from sb3_parallel_dqn.distributed.comm import Group
+
+
+class MeshError(ValueError):
+    """A model-parallel size that does not fit the job."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Mesh:
+    """
+    This rank's place in the mesh.
+
+    :param model_parallel_size: ranks per replica (M)
+    :param data_parallel_size: replicas (W / M)
+    :param model_rank: which shard this rank holds (its rank in the model group)
+    :param data_rank: which replica this rank belongs to (its rank in the data group)
+    :param model_group: the ranks of this replica (None with M = 1)
+    :param data_group: the ranks that hold the same shard (None means the world: M = 1)
+    """
+
+    model_parallel_size: int
+    data_parallel_size: int
+    model_rank: int
+    data_rank: int
+    model_group: Group | None
+    data_group: Group | None
+
+    def seed_of_the_job(self, seed: int | None) -> int | None:
+        """
+        ``seed``, or with model parallelism and no seed one drawn by rank 0 for the whole job (one ``Bcast``): the
+        shards of a replica must be seeded alike (see :mod:`~sb3_parallel_dqn.distributed.model_parallel`).
+        """
+        if seed is not None or self.model_parallel_size == 1:
+            return seed
+        return int(comm.broadcast_object(int(np.random.randint(2**31 - 1))))
+
+
+_meshes: dict[int, Mesh] = {}
+_current: Mesh | None = None
+
+
+def check_size(model_parallel_size: int, world_size: int) -> None:
+    """Refuse a model-parallel size that does not divide the job, before any work."""
+    if model_parallel_size < 1 or world_size % model_parallel_size != 0:
+        raise MeshError(
+            f"model_parallel_size={model_parallel_size} must be >= 1 and divide the number of MPI ranks ({world_size}): "
+            f"the ranks form world_size / model_parallel_size replicas of model_parallel_size consecutive ranks"
+        )
+
+
+def setup(model_parallel_size: int) -> Mesh:
+    """
+    The mesh of ``model_parallel_size`` ranks per replica, made current. **Collective** the first time a size > 1 is
+    set up (two ``Split`` calls): call it on every rank at once. Size 1 needs no communication.
+    """
+    global _current
+    world_size, rank = comm.world_size(), comm.rank()
+    check_size(model_parallel_size, world_size)
+    if model_parallel_size not in _meshes:
+        if model_parallel_size == 1:
+            mesh = Mesh(1, world_size, 0, rank, None, None)
+        else:
+            model_group = comm.split(color=rank // model_parallel_size, key=rank)
+            data_group = comm.split(color=rank % model_parallel_size, key=rank)
+            mesh = Mesh(
+                model_parallel_size,
+                world_size // model_parallel_size,
+                rank % model_parallel_size,
+                rank // model_parallel_size,
+                model_group,
+                data_group,
+            )
+        _meshes[model_parallel_size] = mesh
+    _current = _meshes[model_parallel_size]
+    return _current
+
+
+def current() -> Mesh:
+    """The current mesh (one replica per rank until :func:`setup` says otherwise)."""
+    return _current if _current is not None else setup(1)

@@ -1,0 +1,208 @@
+"""
+What ``ParallelDQN`` does with model parallelism (``model_parallel_size``) and a sharded optimizer
+(``shard_optimizer``), kept out of the algorithm's class: split the policy over the current mesh, cut whole tensors
+(a model file's) to this rank's shards, put the whole model back together for saving, check that the shards stay in
+sync, and say how many bytes this rank holds.
+
+How the ranks of one replica stay identical (the issue's requirement 2): they are seeded alike (the seeds count
+replicas, not ranks: :func:`~sb3_parallel_dqn.distributed.lockstep.env_seed`), so they step identical copies of the
+envs, draw the same random numbers and, since every forward pass ends in an ``Allreduce`` whose result is the same on
+every rank, choose the same actions and store the same transitions; :func:`check_identical_observations` checks it at
+the start of every ``learn``. This costs each rank its own envs and replay buffer, but no communication per env step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import zlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch as th
+
+from sb3_parallel_dqn.distributed import comm, mesh
+from sb3_parallel_dqn.distributed.gradients import check_synced
+from sb3_parallel_dqn.distributed.lockstep import LockstepError
+from sb3_parallel_dqn.distributed.sharded_optimizer import ShardedAdam
+from sb3_parallel_dqn.distributed.tensor_parallel import (
+    allreduce_tensor,
+    gathered_state_dict,
+    shard_q_network,
+    shard_rule,
+    sharded_modules,
+)
+
+if TYPE_CHECKING:
+    from stable_baselines3 import DQN
+    from stable_baselines3.dqn.policies import DQNPolicy
+
+
+def shard_policy(policy: DQNPolicy) -> None:
+    """Split the online and the target Q-network over the current mesh; rebuild the optimizer over the shards."""
+    grid = mesh.current()
+    if grid.model_parallel_size == 1:
+        return
+    for q_net in (policy.q_net, policy.q_net_target):
+        shard_q_network(q_net, grid.model_rank, grid.model_parallel_size)
+    lr = policy.optimizer.param_groups[0]["lr"]
+    policy.optimizer = policy.optimizer_class(policy.q_net.parameters(), lr=lr, **policy.optimizer_kwargs)  # type: ignore[call-arg]
+
+
+def _sharded_parameters(policy: DQNPolicy) -> dict[th.nn.Parameter, Any]:
+    """The online network's split parameters, each with the function that cuts its shard from a whole tensor."""
+    rules = shard_rule(policy.q_net)
+    return {param: rules[name] for name, param in policy.q_net.named_parameters() if name in rules}
+
+
+def cut_whole_optimizer_state(policy: DQNPolicy) -> None:
+    """Cut whole Adam moments (loaded from a model file) to the shards this rank holds."""
+    for param, cut in _sharded_parameters(policy).items():
+        state = policy.optimizer.state.get(param, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in state and state[key].shape != param.shape:
+                state[key] = cut(state[key]).clone()
+
+
+def norm_weights(policy: DQNPolicy) -> list[float]:
+    """Per parameter of the online network: 1 for a shard, 1/M for a tensor that all M ranks of a model group hold."""
+    sharded = _sharded_parameters(policy)
+    size = mesh.current().model_parallel_size
+    return [1.0 if param in sharded else 1.0 / size for param in policy.q_net.parameters()]
+
+
+def whole_model_norm(policy: DQNPolicy) -> Any:
+    """
+    The clip norm of the whole model from this rank's per-tensor norms (for ``FlatUpdate``): one ``Allreduce`` of one
+    number over the model group. None without model parallelism (the norm is local, SB3's bit for bit).
+    """
+    grid = mesh.current()
+    if grid.model_parallel_size == 1:
+        return None
+    weights = th.tensor(norm_weights(policy), dtype=th.float32)
+
+    def total_norm(norms: th.Tensor) -> th.Tensor:
+        return allreduce_tensor((norms.square() * weights.to(norms.device)).sum(), grid.model_group).sqrt()
+
+    return total_norm
+
+
+def check_shards_synced(policy: DQNPolicy, n_updates: int) -> None:
+    """:func:`~sb3_parallel_dqn.distributed.gradients.check_synced`, shard by shard (one small ``Allgather``)."""
+    shards = frozenset(f"q_net.{name}" for name in shard_rule(policy.q_net)) | frozenset(
+        f"q_net_target.{name}" for name in shard_rule(policy.q_net_target)
+    )
+    check_synced(policy, n_updates, shards, mesh.current().model_rank)
+
+
+def check_identical_observations(model: DQN) -> None:
+    """
+    Refuse, on every rank of the job, envs that differ within a model group: the shards of a replica must see the
+    same observations (see the module docstring). One small ``Allgather``; nothing without model parallelism.
+    """
+    grid = mesh.current()
+    if grid.model_parallel_size == 1:
+        return
+    observation = model._last_obs
+    arrays = observation.values() if isinstance(observation, dict) else [observation]
+    checksum = 0
+    for array in arrays:
+        checksum = zlib.crc32(np.ascontiguousarray(array).tobytes(), checksum)
+    table = comm.allgather(np.array([grid.data_rank, checksum], dtype=np.int64))
+    replicas = {int(replica): set(table[table[:, 0] == replica, 1].tolist()) for replica in table[:, 0]}
+    if any(len(checksums) > 1 for checksums in replicas.values()):
+        raise LockstepError(
+            "the ranks of a model-parallel group reset to different observations: they must step identical envs. Build "
+            "the envs with ParallelDQN(env_id, ...) or make_parallel_vec_env after the model set up its mesh, and pass a "
+            "seed (env seeds count replicas, not ranks, so that the shards of a replica are seeded alike)"
+        )
+
+
+@contextlib.contextmanager
+def whole_model(model: DQN) -> Iterator[None]:
+    """
+    Within the block, ``model.policy`` is the whole network with the whole optimizer state, as one process would hold
+    it (for saving a file that any mesh, and stock SB3, can load). **Collective** when the model is split or its
+    optimizer sharded (the shards are gathered over the model group, the moments over the data group); otherwise it
+    does nothing.
+    """
+    if mesh.current().model_parallel_size == 1 and not getattr(model, "shard_optimizer", False):
+        yield
+        return
+    # A file loaded since the last update holds whole moments: cut them to this rank's shard and block first, or
+    # they would be gathered as if they were shards.
+    model._engine.prepare_update()  # type: ignore[attr-defined]
+    update = model._engine.update  # type: ignore[attr-defined]
+    sharded_optimizer = isinstance(update, ShardedAdam)
+    if sharded_optimizer:
+        update.whole_state()  # whole moments of this rank's shards, in the optimizer's state
+    policy = model.policy
+    try:
+        if mesh.current().model_parallel_size > 1:
+            whole = _gathered_policy(model)
+            model.policy = whole
+            model._create_aliases()  # type: ignore[attr-defined]
+        yield
+    finally:
+        model.policy = policy
+        model._create_aliases()  # type: ignore[attr-defined]
+        if sharded_optimizer:
+            policy.optimizer.state.clear()  # ShardedAdam keeps this rank's block
+
+
+def _gathered_policy(model: DQN) -> DQNPolicy:
+    grid = mesh.current()
+    policy = model.policy
+    state = gathered_state_dict(policy, grid.model_group)
+    whole: DQNPolicy = model.policy_class(  # type: ignore[assignment]
+        model.observation_space, model.action_space, model.lr_schedule, **model.policy_kwargs
+    )
+    whole.load_state_dict(state)
+    # Adam's moments, shard by shard: gathered and put together along the same dimension as the weights.
+    sharded = _sharded_parameters(policy)
+    moments = {
+        index: {key: value.detach().cpu() for key, value in policy.optimizer.state[param].items()}
+        for index, param in enumerate(policy.q_net.parameters())
+        if param in sharded and param in policy.optimizer.state
+    }
+    by_rank = comm.allgather_object(moments, grid.model_group)
+    layers = {id(layer.weight): layer for _, layer in sharded_modules(policy.q_net)}
+    optimizer_state = policy.optimizer.state_dict()
+    # state_dict() shares each parameter's state dict with the optimizer: new ones, so that the shards stay shards
+    optimizer_state["state"] = {index: dict(state) for index, state in optimizer_state["state"].items()}
+    for index, param in enumerate(policy.q_net.parameters()):
+        if index in moments:
+            layer = layers.get(id(param))
+            dim = layer.dim if layer is not None else 0  # a column-parallel layer's bias is split along dim 0
+            for key in ("exp_avg", "exp_avg_sq"):
+                optimizer_state["state"][index][key] = th.cat([shards[index][key] for shards in by_rank], dim=dim)
+    whole.optimizer.load_state_dict(optimizer_state)
+    return whole
+
+
+def memory_report(model: DQN) -> dict[str, int]:
+    """Bytes held by this rank: parameters (online and target network), gradients, optimizer state, replay buffer."""
+    engine = model._engine  # type: ignore[attr-defined]
+    if engine.update is None:
+        engine.prepare_update()  # the flat buffers are made at the first train(): make them now
+    update = engine.update
+    parameters = sum(p.numel() * p.element_size() for p in model.policy.parameters())
+    if isinstance(update, ShardedAdam):
+        optimizer = update.optimizer_bytes()
+    elif update.flat_adam:
+        optimizer = update.exp_avg_buffer.nbytes + update.exp_avg_sq_buffer.nbytes
+    else:
+        optimizer = sum(t.nbytes for state in update.optimizer.state.values() for t in state.values() if th.is_tensor(t))
+    buffer = model.replay_buffer
+    replay = 0 if buffer is None else sum(_nbytes(value) for value in vars(buffer).values())
+    return {"parameters": parameters, "gradients": update.grad_buffer.nbytes, "optimizer": optimizer, "replay_buffer": replay}
+
+
+def _nbytes(value: Any) -> int:
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if isinstance(value, dict):
+        return sum(_nbytes(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return sum(_nbytes(item) for item in value)
+    return sum(_nbytes(item) for item in vars(value).values()) if hasattr(value, "_levels") else 0
