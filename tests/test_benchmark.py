@@ -125,3 +125,12 @@ def test_layout_configurations_launch_the_right_job():
     zero = command_for("zero-2", 0, args, tmp)
     assert zero[1:3] == ["-np", "2"] and zero[-1] == "shard_optimizer:True"
     assert "mpirun" not in command_for("pdqn-1", 0, args, tmp)[0] and "--pdqn-params" not in command_for("sb3", 0, args, tmp)
+
+
+def test_no_speedup_plot_without_the_sb3_baseline(tmp_path):
+    """A run without ``sb3`` (e.g. ``pdqn-1 mp-2``) has no ratios to plot: only returns.png."""
+    from sb3_parallel_dqn.zoo.benchmark import write_plots
+
+    results = {"pdqn-1": [{"curve": [[1000, 1.0, 20.0], [2000, 2.0, 480.0]]}], "mp-2": [{"curve": [[1000, 0.6, 30.0]]}]}
+    assert write_plots(results, 475.0, "CartPole-v1", tmp_path) == [tmp_path / "returns.png"]
+    assert (tmp_path / "returns.png").read_bytes().startswith(PNG_SIGNATURE) and not (tmp_path / "speedup.png").exists()

@@ -358,7 +358,8 @@ def speedups(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, fl
 
 
 def write_plots(results: dict[str, list[dict[str, Any]]], threshold: float, env_id: str, out: Path) -> list[Path]:
-    """``returns.png``: eval return vs training seconds (thin: seeds, thick: median); ``speedup.png``: ratios vs SB3."""
+    """``returns.png``: eval return vs training seconds (thin: seeds, thick: median); ``speedup.png``: ratios vs SB3
+    (when SB3 is in the run)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display (CI, ssh)
@@ -383,6 +384,8 @@ def write_plots(results: dict[str, list[dict[str, Any]]], threshold: float, env_
     returns_png = out / "returns.png"
     fig.savefig(returns_png, dpi=100, bbox_inches="tight")
     plt.close(fig)
+    if "sb3" not in results:
+        return [returns_png]  # no baseline in this run: no ratios to plot
 
     ratios = speedups(results)
     fig, ax = plt.subplots(figsize=(8, 5))
