@@ -195,9 +195,7 @@ class ParallelDQN(DQN):
             self._setup_model()
             if self._world_size > 1:
                 lockstep.check_model(self)  # before the broadcast, whose size is the model's
-            broadcast_module_(
-                self.policy, group=mesh.current().data_group
-            )  # rank 0's weights (its shard's), whatever the seed
+            broadcast_module_(self.policy, group=self._mesh.data_group)  # rank 0's weights (its shard's), whatever the seed
 
     @staticmethod
     def _wrap_env(env: GymEnv, verbose: int = 0, monitor_wrapper: bool = True) -> VecEnv:
@@ -211,21 +209,21 @@ class ParallelDQN(DQN):
         self.policy_class, self.policy_kwargs = resolve_dueling(self.policy_class, self.policy_kwargs)  # type: ignore[arg-type]
         kwargs = with_model_n_steps(self.replay_buffer_class, self.replay_buffer_kwargs, self.n_steps, self.gamma)
         self.replay_buffer_kwargs = kwargs
-        mesh.setup(self.model_parallel_size)  # collective for a split model: load(..., model_parallel_size=M) on every rank
+        self._mesh = mesh.get(self.model_parallel_size)  # the model's own (collective the first time M > 1 is used)
         with compat.n_steps_warning_silenced(self.replay_buffer_class, kwargs, self.n_steps):
             super()._setup_model()
-        model_parallel.shard_policy(self.policy)  # cut from the whole network SB3 built: the same start for any mesh
+        model_parallel.shard_policy(self.policy, self._mesh)  # cut from the network SB3 built: one start for any mesh
         self._engine = TrainingEngine(self)
 
     def set_random_seed(self, seed: int | None = None) -> None:
         # As SB3, offset by rank: ranks explore and sample differently, env i of rank r gets seed + r * n_envs + i.
         if seed is not None:
-            super().set_random_seed(lockstep.env_seed(seed, self.n_envs))
+            super().set_random_seed(lockstep.env_seed(seed, self.n_envs, grid=self._mesh))
 
     def _on_step(self) -> None:
         # As SB3, with the target update every target_update_interval global steps: each call is n_envs * W of them.
         self._n_calls += 1
-        if self._n_calls % lockstep.calls_per(self.target_update_interval, self.n_envs) == 0:
+        if self._n_calls % lockstep.calls_per(self.target_update_interval, self.n_envs, self._mesh) == 0:
             polyak_update(self.q_net.parameters(), self.q_net_target.parameters(), self.tau)
             # Copy running stats, see GH issue #996
             polyak_update(self.batch_norm_stats, self.batch_norm_stats_target, 1.0)
@@ -241,7 +239,7 @@ class ParallelDQN(DQN):
         actions = super()._sample_action(learning_starts, action_noise, n_envs) if lean is None else (lean, lean)
         # collect_rollouts() adds this rank's n_envs right after env.step(), which follows this call; the other ranks
         # step as many envs at the same time: count theirs now, so that callbacks and schedules read a global count.
-        self.num_timesteps += lockstep.global_envs(n_envs) - n_envs
+        self.num_timesteps += lockstep.global_envs(n_envs, self._mesh) - n_envs
         return actions
 
     def collect_rollouts(
@@ -270,9 +268,10 @@ class ParallelDQN(DQN):
             self.ep_info_buffer,
             self.ep_success_buffer,
             interrupt.requested(),
+            self._mesh,
         )
         # num_timesteps assumed every rank made as many steps as this one (they differ after a callback stop).
-        self.num_timesteps += agreed.n_steps - lockstep.global_envs(1) * rollout.episode_timesteps
+        self.num_timesteps += agreed.n_steps - lockstep.global_envs(1, self._mesh) * rollout.episode_timesteps
         self._episode_num += agreed.n_episodes - rollout.n_episodes  # time/episodes counts every rank's
         self._global_episode_means = agreed.episode_means if self._world_size > 1 else None
         if agreed.signal is not None:
@@ -305,7 +304,7 @@ class ParallelDQN(DQN):
                 check_finite(losses[-1], grad_norm, n_updates, self.num_timesteps)
                 engine.step(td_errors)
                 if self._world_size > 1 and self.sync_check_interval > 0 and n_updates % self.sync_check_interval == 0:
-                    model_parallel.check_shards_synced(self.policy, n_updates)
+                    model_parallel.check_shards_synced(self.policy, n_updates, self._mesh)
         finally:
             engine.end_updates()
 
@@ -344,11 +343,11 @@ class ParallelDQN(DQN):
             start = 0 if reset_num_timesteps else self.num_timesteps
             lockstep.check_model(self, total_timesteps=total_timesteps, reset_num_timesteps=reset_num_timesteps, start=start)
             # Here rather than in load()/set_parameters(), which stay free of collectives (one rank may load alone).
-            broadcast_module_(self.policy, group=mesh.current().data_group)
-            broadcast_optimizer_(self.policy.optimizer, group=mesh.current().data_group)
+            broadcast_module_(self.policy, group=self._mesh.data_group)
+            broadcast_optimizer_(self.policy.optimizer, group=self._mesh.data_group)
             if self._rank != 0:
                 self.set_logger(Logger(folder=None, output_formats=[]))  # only rank 0 writes stdout, csv, tensorboard
-        global_envs = lockstep.global_envs(self.n_envs)
+        global_envs = lockstep.global_envs(self.n_envs, self._mesh)
         if not reset_num_timesteps and self._global_envs not in (None, global_envs):
             # Another layout since the last run: rescale the call counter so that the next target update falls on the
             # same global step (_on_step counts calls).
@@ -397,4 +396,4 @@ class ParallelDQN(DQN):
     def _excluded_save_params(self) -> list[str]:
         # As SB3, plus this process' runtime state and mesh (a file loads whole unless load() is given a mesh shape).
         runtime = ["_world_size", "_rank", "_engine", "_global_episode_means", "stopped_by_signal", "model_parallel_size"]
-        return [*super()._excluded_save_params(), *runtime, "shard_optimizer"]
+        return [*super()._excluded_save_params(), *runtime, "shard_optimizer", "_mesh"]

@@ -66,6 +66,7 @@ def test_each_rank_holds_half_of_a_wide_model(two_ranks):
 def test_split_learning_saves_a_whole_model_that_loads_anywhere(two_ranks):
     for results in two_ranks:
         assert results["num_timesteps"] == 1500 and results["n_updates"] > 0  # one replica: its steps, once
+        assert results["lone_load_q_difference"] == 0.0  # a whole model loaded by one rank leaves the split one alone
         assert results["stock_max_difference"] <= 1e-5  # stock SB3 reads the gathered file
         assert results["whole_max_difference"] <= 1e-5  # a whole ParallelDQN too (rank by rank, no collective)
         assert results["reloaded_max_difference"] == 0.0  # back into the split mesh: the same shards

@@ -30,32 +30,35 @@ class LockstepError(ValueError):
     """A setting differs across MPI ranks (or cannot be kept in lockstep), which would deadlock the job."""
 
 
-def global_envs(n_envs: int) -> int:
+# Each rule takes the mesh it counts in: a model passes its own; None means the current one (see mesh.setup).
+
+
+def global_envs(n_envs: int, grid: mesh.Mesh | None = None) -> int:
     """Envs stepped by one ``env.step()`` call of every replica together: the global steps per call."""
-    return n_envs * mesh.current().data_parallel_size
+    return n_envs * (grid or mesh.current()).data_parallel_size
 
 
-def per_rank(global_steps: int) -> int:
+def per_rank(global_steps: int, grid: mesh.Mesh | None = None) -> int:
     """This rank's (replica's) share of ``global_steps`` (at least 1), for counters that count this rank's steps."""
-    return max(global_steps // mesh.current().data_parallel_size, 1)
+    return max(global_steps // (grid or mesh.current()).data_parallel_size, 1)
 
 
-def calls_per(global_steps: int, n_envs: int) -> int:
+def calls_per(global_steps: int, n_envs: int, grid: mesh.Mesh | None = None) -> int:
     """How many ``env.step()`` calls of one rank make ``global_steps`` global steps (at least 1)."""
-    return max(global_steps // global_envs(n_envs), 1)
+    return max(global_steps // global_envs(n_envs, grid), 1)
 
 
-def global_env_index(n_envs: int, index: int = 0, replica: int | None = None) -> int:
+def global_env_index(n_envs: int, index: int = 0, replica: int | None = None, grid: mesh.Mesh | None = None) -> int:
     """The index in the whole job of env ``index`` of ``replica`` (default: this rank's): ``replica * n_envs + index``."""
-    return (mesh.current().data_rank if replica is None else replica) * n_envs + index
+    return ((grid or mesh.current()).data_rank if replica is None else replica) * n_envs + index
 
 
-def env_seed(seed: int, n_envs: int, index: int = 0, replica: int | None = None) -> int:
+def env_seed(seed: int, n_envs: int, index: int = 0, replica: int | None = None, grid: mesh.Mesh | None = None) -> int:
     """
     The seed of env ``index`` of ``replica`` (default: this rank's; ``index=0``: the replica's base seed):
     ``seed + replica * n_envs + index``.
     """
-    return seed + global_env_index(n_envs, index, replica)
+    return seed + global_env_index(n_envs, index, replica, grid)
 
 
 def check_train_freq(frequency: int, unit: str, world_size: int) -> None:
@@ -112,6 +115,7 @@ def agree_on_rollout(
     episode_infos: Iterable[dict[str, float]],
     successes: Iterable[float],
     local_signal: signal.Signals | None,
+    grid: mesh.Mesh | None = None,
 ) -> RolloutAgreement:
     """
     One ``Allreduce`` of 10 numbers at the end of every rollout: whether any rank stopped (so that all stop before
@@ -122,7 +126,7 @@ def agree_on_rollout(
         return RolloutAgreement(stop, local_signal, n_steps, n_episodes, {})
     infos, successes = list(episode_infos), list(successes)
     # The shards of one replica step identical envs: only the first counts its steps and episodes.
-    own = float(mesh.current().model_rank == 0)
+    own = float((grid or mesh.current()).model_rank == 0)
     sums = comm.allreduce_sum_(
         np.array(
             [

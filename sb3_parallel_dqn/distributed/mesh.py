@@ -7,9 +7,12 @@ With ``model_parallel_size=M``, ranks ``r`` and ``r'`` hold shards of the same r
 when ``r % M == r' % M`` (their *data group*, which averages gradients). With M = 1 (the default) each rank is a
 replica of its own, and the data group is the world.
 
-One process runs one mesh: :func:`setup` makes the two sub-communicators (``Split``: collective, so it runs where
-every rank runs, in ``ParallelDQN``'s constructor or ``load(..., model_parallel_size=M)`` on every rank) and makes
-the mesh current; the lockstep rules (:mod:`~sb3_parallel_dqn.distributed.lockstep`) count replicas, not ranks.
+:func:`get` makes the two sub-communicators of a size once (``Split``: collective, so it runs where every rank
+runs, in ``ParallelDQN``'s constructor or ``load(..., model_parallel_size=M)`` on every rank). Each model keeps its
+own mesh, and its tensor-parallel layers find their group by size, so models of different shapes can live in one
+process (a whole model loaded by rank 0 alone next to a split one). :func:`setup` also makes a mesh *current*: the
+one that envs built before a model are seeded for (the lockstep rules,
+:mod:`~sb3_parallel_dqn.distributed.lockstep`, count replicas, not ranks); only collective code sets it.
 """
 
 from __future__ import annotations
@@ -69,30 +72,37 @@ def check_size(model_parallel_size: int, world_size: int) -> None:
         )
 
 
-def setup(model_parallel_size: int) -> Mesh:
+def get(model_parallel_size: int) -> Mesh:
     """
-    The mesh of ``model_parallel_size`` ranks per replica, made current. **Collective** the first time a size > 1 is
-    set up (two ``Split`` calls): call it on every rank at once. Size 1 needs no communication.
+    The mesh of ``model_parallel_size`` ranks per replica. **Collective** the first time a size > 1 is asked for (two
+    ``Split`` calls): call it on every rank at once. Size 1 needs no communication.
     """
-    global _current
+    mesh = _meshes.get(model_parallel_size)
+    if mesh is not None:  # the hot path: every forward pass of a split layer asks for its group
+        return mesh
     world_size, rank = comm.world_size(), comm.rank()
     check_size(model_parallel_size, world_size)
-    if model_parallel_size not in _meshes:
-        if model_parallel_size == 1:
-            mesh = Mesh(1, world_size, 0, rank, None, None)
-        else:
-            model_group = comm.split(color=rank // model_parallel_size, key=rank)
-            data_group = comm.split(color=rank % model_parallel_size, key=rank)
-            mesh = Mesh(
-                model_parallel_size,
-                world_size // model_parallel_size,
-                rank % model_parallel_size,
-                rank // model_parallel_size,
-                model_group,
-                data_group,
-            )
-        _meshes[model_parallel_size] = mesh
-    _current = _meshes[model_parallel_size]
+    if model_parallel_size == 1:
+        mesh = Mesh(1, world_size, 0, rank, None, None)
+    else:
+        model_group = comm.split(color=rank // model_parallel_size, key=rank)
+        data_group = comm.split(color=rank % model_parallel_size, key=rank)
+        mesh = Mesh(
+            model_parallel_size,
+            world_size // model_parallel_size,
+            rank % model_parallel_size,
+            rank // model_parallel_size,
+            model_group,
+            data_group,
+        )
+    _meshes[model_parallel_size] = mesh
+    return mesh
+
+
+def setup(model_parallel_size: int) -> Mesh:
+    """:func:`get`, and make that mesh current (for the envs built next). Call it on every rank at once."""
+    global _current
+    _current = get(model_parallel_size)
     return _current
 
 

@@ -1,6 +1,6 @@
 """
 What ``ParallelDQN`` does with model parallelism (``model_parallel_size``) and a sharded optimizer
-(``shard_optimizer``), kept out of the algorithm's class: split the policy over the current mesh, cut whole tensors
+(``shard_optimizer``), kept out of the algorithm's class: split the policy over the model's mesh, cut whole tensors
 (a model file's) to this rank's shards, put the whole model back together for saving, check that the shards stay in
 sync, and say how many bytes this rank holds.
 
@@ -38,9 +38,8 @@ if TYPE_CHECKING:
     from stable_baselines3.dqn.policies import DQNPolicy
 
 
-def shard_policy(policy: DQNPolicy) -> None:
-    """Split the online and the target Q-network over the current mesh; rebuild the optimizer over the shards."""
-    grid = mesh.current()
+def shard_policy(policy: DQNPolicy, grid: mesh.Mesh) -> None:
+    """Split the online and the target Q-network over ``grid``; rebuild the optimizer over the shards."""
     if grid.model_parallel_size == 1:
         return
     for q_net in (policy.q_net, policy.q_net_target):
@@ -64,22 +63,21 @@ def cut_whole_optimizer_state(policy: DQNPolicy) -> None:
                 state[key] = cut(state[key]).clone()
 
 
-def norm_weights(policy: DQNPolicy) -> list[float]:
+def norm_weights(policy: DQNPolicy, grid: mesh.Mesh) -> list[float]:
     """Per parameter of the online network: 1 for a shard, 1/M for a tensor that all M ranks of a model group hold."""
     sharded = _sharded_parameters(policy)
-    size = mesh.current().model_parallel_size
+    size = grid.model_parallel_size
     return [1.0 if param in sharded else 1.0 / size for param in policy.q_net.parameters()]
 
 
-def whole_model_norm(policy: DQNPolicy) -> Any:
+def whole_model_norm(policy: DQNPolicy, grid: mesh.Mesh) -> Any:
     """
     The clip norm of the whole model from this rank's per-tensor norms (for ``FlatUpdate``): one ``Allreduce`` of one
     number over the model group. None without model parallelism (the norm is local, SB3's bit for bit).
     """
-    grid = mesh.current()
     if grid.model_parallel_size == 1:
         return None
-    weights = th.tensor(norm_weights(policy), dtype=th.float32)
+    weights = th.tensor(norm_weights(policy, grid), dtype=th.float32)
 
     def total_norm(norms: th.Tensor) -> th.Tensor:
         return allreduce_tensor((norms.square() * weights.to(norms.device)).sum(), grid.model_group).sqrt()
@@ -87,12 +85,12 @@ def whole_model_norm(policy: DQNPolicy) -> Any:
     return total_norm
 
 
-def check_shards_synced(policy: DQNPolicy, n_updates: int) -> None:
+def check_shards_synced(policy: DQNPolicy, n_updates: int, grid: mesh.Mesh) -> None:
     """:func:`~sb3_parallel_dqn.distributed.gradients.check_synced`, shard by shard (one small ``Allgather``)."""
     shards = frozenset(f"q_net.{name}" for name in shard_rule(policy.q_net)) | frozenset(
         f"q_net_target.{name}" for name in shard_rule(policy.q_net_target)
     )
-    check_synced(policy, n_updates, shards, mesh.current().model_rank)
+    check_synced(policy, n_updates, shards, grid.model_rank)
 
 
 def check_identical_observations(model: DQN) -> None:
@@ -100,7 +98,7 @@ def check_identical_observations(model: DQN) -> None:
     Refuse, on every rank of the job, envs that differ within a model group: the shards of a replica must see the
     same observations (see the module docstring). One small ``Allgather``; nothing without model parallelism.
     """
-    grid = mesh.current()
+    grid: mesh.Mesh = model._mesh  # type: ignore[attr-defined]
     if grid.model_parallel_size == 1:
         return
     observation = model._last_obs
@@ -126,7 +124,8 @@ def whole_model(model: DQN) -> Iterator[None]:
     optimizer sharded (the shards are gathered over the model group, the moments over the data group); otherwise it
     does nothing.
     """
-    if mesh.current().model_parallel_size == 1 and not getattr(model, "shard_optimizer", False):
+    grid: mesh.Mesh = model._mesh  # type: ignore[attr-defined]
+    if grid.model_parallel_size == 1 and not getattr(model, "shard_optimizer", False):
         yield
         return
     # A file loaded since the last update holds whole moments: cut them to this rank's shard and block first, or
@@ -138,8 +137,8 @@ def whole_model(model: DQN) -> Iterator[None]:
         update.whole_state()  # whole moments of this rank's shards, in the optimizer's state
     policy = model.policy
     try:
-        if mesh.current().model_parallel_size > 1:
-            whole = _gathered_policy(model)
+        if grid.model_parallel_size > 1:
+            whole = _gathered_policy(model, grid)
             model.policy = whole
             model._create_aliases()  # type: ignore[attr-defined]
         yield
@@ -150,8 +149,7 @@ def whole_model(model: DQN) -> Iterator[None]:
             policy.optimizer.state.clear()  # ShardedAdam keeps this rank's block
 
 
-def _gathered_policy(model: DQN) -> DQNPolicy:
-    grid = mesh.current()
+def _gathered_policy(model: DQN, grid: mesh.Mesh) -> DQNPolicy:
     policy = model.policy
     state = gathered_state_dict(policy, grid.model_group)
     whole: DQNPolicy = model.policy_class(  # type: ignore[assignment]

@@ -92,7 +92,7 @@ class _ShardedLinear(nn.Module):
     def __init__(self, linear: nn.Linear, rank: int, size: int) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        # The model group is the current mesh's (looked up when used, so that the module copies and pickles).
+        # The model group is looked up by size when used (mesh.get), so that the module copies and pickles.
         self.rank, self.size = rank, size
         bounds = split_bounds(linear.weight.shape[self.dim], size)
         self.start, self.stop = bounds[rank], bounds[rank + 1]
@@ -132,7 +132,7 @@ class ColumnParallelLinear(_ShardedLinear):
         return whole.narrow(0, self.start, self.stop - self.start)
 
     def forward(self, x: th.Tensor) -> th.Tensor:
-        return F.linear(_CopyToModelGroup.apply(x, mesh.current().model_group), self.weight, self.bias)
+        return F.linear(_CopyToModelGroup.apply(x, mesh.get(self.size).model_group), self.weight, self.bias)
 
 
 class RowParallelLinear(_ShardedLinear):
@@ -141,7 +141,7 @@ class RowParallelLinear(_ShardedLinear):
     dim = 1
 
     def forward(self, x: th.Tensor) -> th.Tensor:
-        y = _ReduceFromModelGroup.apply(F.linear(x, self.weight), mesh.current().model_group)
+        y = _ReduceFromModelGroup.apply(F.linear(x, self.weight), mesh.get(self.size).model_group)
         return y if self.bias is None else y + self.bias
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch as th
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 
-from sb3_parallel_dqn.distributed import comm, mesh, model_parallel
+from sb3_parallel_dqn.distributed import comm, model_parallel
 from sb3_parallel_dqn.distributed.gradients import GradientAverager
 from sb3_parallel_dqn.distributed.sharded_optimizer import ShardedAdam
 from sb3_parallel_dqn.engine.flat_update import FlatUpdate
@@ -202,7 +202,7 @@ class TrainingEngine:
         model = self.model
         model_parallel.cut_whole_optimizer_state(model.policy)  # whole moments from a model file, into shards
         parameters = [p for p in model.q_net.parameters() if p.requires_grad]
-        update, grid = self.update, mesh.current()
+        update, grid = self.update, model._mesh  # type: ignore[attr-defined]
         if (
             update is None
             or update.optimizer is not model.policy.optimizer
@@ -212,7 +212,7 @@ class TrainingEngine:
         ):
             grad_buffer, self.averager = None, None
             if getattr(model, "shard_optimizer", False):
-                weights = model_parallel.norm_weights(model.policy)
+                weights = model_parallel.norm_weights(model.policy, grid)
                 counts_loss = grid.model_rank == 0
                 self.update = ShardedAdam(
                     parameters, model.policy.optimizer, grid.data_group, weights, counts_loss, grid.data_parallel_size
@@ -221,7 +221,7 @@ class TrainingEngine:
             if grid.data_parallel_size > 1:
                 self.averager = GradientAverager(parameters, grid.data_group)
                 grad_buffer = self.averager.buffer
-            norm = model_parallel.whole_model_norm(model.policy)
+            norm = model_parallel.whole_model_norm(model.policy, grid)
             self.update = FlatUpdate(parameters, model.policy.optimizer, grad_buffer, norm)
         else:
             update.attach()

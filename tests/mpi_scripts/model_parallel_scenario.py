@@ -121,6 +121,9 @@ if __name__ == "__main__":
     q_split = q_values(model)
     results["q_split"] = q_split.tolist()
     comm.comm().Barrier()  # type: ignore[union-attr]
+    if RANK == 0:  # rank 0 alone loads a whole model (M = 1): the split model, on every rank, must not notice
+        ParallelDQN.load(path, device="cpu")
+    results["lone_load_q_difference"] = float(np.abs(q_values(model) - q_split).max())
     stock = DQN.load(path, device="cpu")  # stock SB3 reads the whole file
     results["stock_max_difference"] = float(np.abs(q_values(stock) - q_split).max())
     alone = ParallelDQN.load(path, device="cpu")  # whole (M = 1): local, no collective
