@@ -157,24 +157,48 @@ def functional_adam(*args: Any, **kwargs: Any) -> None:
     FUNCTIONAL_ADAM.resolve()(*args, **kwargs)
 
 
+def adam_step(
+    group: dict[str, Any], param: th.Tensor, grad: th.Tensor, exp_avg: th.Tensor, exp_avg_sq: th.Tensor, step: th.Tensor
+) -> None:
+    """One Adam update of one (flat) tensor with the hyperparameters of ``group`` (an ``Adam`` param group), as
+    ``Adam.step()`` calls :func:`functional_adam` (single-tensor, no amsgrad); ``step`` is incremented."""
+    extra = {"decoupled_weight_decay": group["decoupled_weight_decay"]} if "decoupled_weight_decay" in group else {}
+    beta1, beta2 = group["betas"]
+    with th.no_grad():
+        functional_adam(
+            [param], [grad], [exp_avg], [exp_avg_sq], [], [step], foreach=False, fused=False, amsgrad=False,
+            beta1=beta1, beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"],
+            maximize=group["maximize"], **extra,
+        )  # fmt: skip
+
+
 def get_samples(replay_buffer: ReplayBuffer, batch_inds: np.ndarray, env: VecNormalize | None) -> ReplayBufferSamples:
     """``replay_buffer._get_samples(batch_inds, env)``: the transitions of the given rows (see :data:`GET_SAMPLES`)."""
     return replay_buffer._get_samples(batch_inds, env=env)  # type: ignore[return-value]
 
 
+_GLOBAL_HOOK_NAMES = (
+    "_global_forward_hooks",
+    "_global_forward_pre_hooks",
+    "_global_backward_hooks",
+    "_global_backward_pre_hooks",
+    "_global_forward_hooks_always_called",
+)
+
+
+@functools.cache
+def _global_hooks_module() -> Any:
+    """torch's module of the global hook registries, resolved once (has_hooks runs before every train())."""
+    GLOBAL_MODULE_HOOKS.resolve()  # the registry itself must exist, or the check below would pass vacuously
+    return importlib.import_module(GLOBAL_MODULE_HOOKS.path.partition(":")[0])
+
+
 def has_hooks(modules: Sequence[nn.Module]) -> bool:
     """Whether any of ``modules``, or torch globally, has forward or backward hooks registered."""
-    module_hooks = any(getattr(module, name) for module in modules for name in MODULE_HOOK_DICTS)
-    torch_module = importlib.import_module(GLOBAL_MODULE_HOOKS.path.partition(":")[0])
-    names = (
-        "_global_forward_hooks",
-        "_global_forward_pre_hooks",
-        "_global_backward_hooks",
-        "_global_backward_pre_hooks",
-        "_global_forward_hooks_always_called",
-    )
-    GLOBAL_MODULE_HOOKS.resolve()  # the registry itself must exist, or the check below would pass vacuously
-    return module_hooks or any(getattr(torch_module, name, None) for name in names)
+    if any(getattr(module, name) for module in modules for name in MODULE_HOOK_DICTS):
+        return True
+    torch_module = _global_hooks_module()
+    return any(getattr(torch_module, name, None) for name in _GLOBAL_HOOK_NAMES)
 
 
 def subproc_worker() -> Callable[..., None]:

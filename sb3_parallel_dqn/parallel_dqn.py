@@ -150,7 +150,6 @@ class ParallelDQN(DQN):
         self._global_envs: int | None = None
         self._episode_stats_rank = self._rank
         self.model_parallel_size, self.shard_optimizer = model_parallel_size, shard_optimizer
-        set_torch_threads(torch_num_threads)
         if _init_setup_model:  # every rank runs this: set up the mesh before the envs, whose seeds count replicas
             seed = mesh.setup(model_parallel_size).seed_of_the_job(seed)
         if isinstance(env, str):
@@ -209,6 +208,7 @@ class ParallelDQN(DQN):
         self.policy_class, self.policy_kwargs = resolve_dueling(self.policy_class, self.policy_kwargs)  # type: ignore[arg-type]
         kwargs = with_model_n_steps(self.replay_buffer_class, self.replay_buffer_kwargs, self.n_steps, self.gamma)
         self.replay_buffer_kwargs = kwargs
+        set_torch_threads(self.torch_num_threads)  # here, not in __init__: load() sets its argument (or the file's) first
         self._mesh = mesh.get(self.model_parallel_size)  # the model's own (collective the first time M > 1 is used)
         with compat.n_steps_warning_silenced(self.replay_buffer_class, kwargs, self.n_steps):
             super()._setup_model()

@@ -127,6 +127,17 @@ def test_torch_uses_one_thread_unless_told_otherwise():
         th.set_num_threads(previous)
 
 
+def test_load_takes_its_torch_threads_argument(tmp_path):
+    """load(path, torch_num_threads=N) sets N threads (it used to end with 1: the constructor set the default)."""
+    previous = th.get_num_threads()
+    try:
+        ParallelDQN("MlpPolicy", "CartPole-v1", **TINY).save(tmp_path / "model.zip")
+        ParallelDQN.load(tmp_path / "model.zip", torch_num_threads=2)
+        assert th.get_num_threads() == 2
+    finally:
+        th.set_num_threads(previous)
+
+
 def test_omp_num_threads_is_respected_and_one_process_never_starts_mpi():
     """In a fresh process: OMP_NUM_THREADS wins over the one-thread default, and neither importing the package nor
     training without a launcher imports mpi4py.MPI (which would initialise MPI)."""

@@ -226,27 +226,32 @@ def _allreduce_(array: np.ndarray, op: str, group: Group | None) -> np.ndarray:
     return array
 
 
-def reduce_scatter_sum(array: np.ndarray, out: np.ndarray, group: Group | None = None) -> np.ndarray:
+def reduce_scatter_sum_(array: np.ndarray, group: Group | None = None) -> np.ndarray:
     """
-    Sum ``array`` over the ranks of ``group`` and give rank k the k-th of as many equal blocks, in ``out`` (one
-    ``Reduce_scatter_block``; ``array.size`` must be ``out.size`` times the group's size); returns ``out``.
+    Sum the flat ``array`` over the ranks of ``group`` in place (one ``Reduce_scatter_block``): rank k receives the
+    k-th of as many equal blocks, at the start of ``array``, and gets that view back. The rest of ``array`` is left
+    undefined. (No copy: the input is the receive buffer, ``MPI_IN_PLACE``.)
     """
     world = _group(group)
     if world is None:
-        out[...] = array.reshape(out.shape)
-    else:
-        world.Reduce_scatter_block(array, out)
-    return out
+        return array
+    from mpi4py import MPI
+
+    world.Reduce_scatter_block(MPI.IN_PLACE, array)
+    return array[: array.size // world.Get_size()]
 
 
-def allgather_into(block: np.ndarray, out: np.ndarray, group: Group | None = None) -> np.ndarray:
-    """Concatenate every rank's equal-sized ``block`` into ``out``, in rank order (one ``Allgather``); returns ``out``."""
+def allgather_(array: np.ndarray, group: Group | None = None) -> np.ndarray:
+    """
+    Fill the flat ``array`` with every rank's block, in rank order, in place (one ``Allgather``, ``MPI_IN_PLACE``):
+    rank k's block is already in the k-th of as many equal parts. Returns ``array``.
+    """
     world = _group(group)
-    if world is None:
-        out[...] = block.reshape(out.shape)
-    else:
-        world.Allgather(block, out)
-    return out
+    if world is not None:
+        from mpi4py import MPI
+
+        world.Allgather(MPI.IN_PLACE, array)
+    return array
 
 
 def time_allreduce(array: np.ndarray, repetitions: int = 2_000) -> float:

@@ -150,7 +150,8 @@ def check_synced(module: th.nn.Module, n_updates: int, shards: frozenset[str] = 
     """
     if comm.world_size() == 1:
         return
-    own = [model_rank, module_checksum(module), module_checksum(module, skip=shards)]
+    whole = module_checksum(module)
+    own = [model_rank, whole, module_checksum(module, skip=shards) if shards else whole]  # the same without shards
     table = comm.allgather(np.array(own, dtype=np.int64))
     first_of = {int(row[0]): row for row in reversed(table)}  # the lowest rank that holds each shard
     diverged = [r for r, row in enumerate(table) if row[1] != first_of[int(row[0])][1] or row[2] != table[0][2]]

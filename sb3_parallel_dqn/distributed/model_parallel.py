@@ -77,10 +77,11 @@ def whole_model_norm(policy: DQNPolicy, grid: mesh.Mesh) -> Any:
     """
     if grid.model_parallel_size == 1:
         return None
-    weights = th.tensor(norm_weights(policy, grid), dtype=th.float32)
+    # On the policy's device (the engine rebuilds this when the policy moves).
+    weights = th.tensor(norm_weights(policy, grid), dtype=th.float32, device=policy.device)
 
     def total_norm(norms: th.Tensor) -> th.Tensor:
-        return allreduce_tensor((norms.square() * weights.to(norms.device)).sum(), grid.model_group).sqrt()
+        return allreduce_tensor((norms.square() * weights).sum(), grid.model_group).sqrt()
 
     return total_norm
 

@@ -7,7 +7,8 @@ The parameters and gradients of the network (this rank's shard of it, with model
 rank, as views of one flat buffer each, padded to a multiple of the D ranks of the data group; each rank owns one
 D-th of it, a contiguous block, and keeps Adam's moments for that block only. A gradient step:
 
-1. ``Reduce_scatter`` the flat gradients (sum over the data group): each rank receives its block, divided by D;
+1. ``Reduce_scatter`` the flat gradients in place (sum over the data group): each rank receives its block, divided
+   by D;
 2. one ``Allreduce`` of two numbers over all ranks: the squared norm of every block (for clipping by the norm of the
    whole model) and the loss (for logging);
 3. clip and Adam on this rank's block alone (torch's functional Adam, as the flat update runs it);
@@ -15,9 +16,10 @@ D-th of it, a contiguous block, and keeps Adam's moments for that block only. A 
 
 Adam is elementwise, so each element goes through the same float operations as with plain data parallelism: with
 two data-parallel ranks (a two-term sum is the same in any order) the weights are bit-identical to it as long as the
-gradient norm stays under ``max_grad_norm``. When clipping acts, the norm here is summed block by block instead of
-tensor by tensor (as ``clip_grad_norm_`` does), so the clip coefficient can differ in its last bits (relative
-differences around 1e-7); with more ranks, the reduction order of the gradient sums can differ too.
+gradient norm stays under ``max_grad_norm``. When clipping acts, the norm here is put together from the norms of the
+pieces of parameters in each block instead of whole tensors (as ``clip_grad_norm_`` does), so the clip coefficient
+can differ in its last bits (relative differences around 1e-7); with more ranks, the reduction order of the gradient
+sums can differ too.
 ``tests/test_model_parallel.py`` checks both.
 
 The optimizer object stays SB3's ``Adam`` with an empty state while training; whole moments loaded into it (a
@@ -89,17 +91,27 @@ class ShardedAdam:
         self._param_views = flat_views(self.param_buffer, self.parameters)
         own = slice(self.rank * self.block, (self.rank + 1) * self.block)
         self._own = own
-        self.grad_block = th.zeros(self.block, dtype=th.float32, device=device)
+        # The reduce-scatter runs in place: this rank's reduced block lands at the start of the gradient buffer (the
+        # .grad views mean nothing from then until the next zero_grad). No second gradient buffer.
+        self.grad_block = self.grad_buffer[: self.block]
         self.exp_avg = th.zeros(self.block, dtype=th.float32, device=device)
         self.exp_avg_sq = th.zeros(self.block, dtype=th.float32, device=device)
         self.step_count = th.tensor(0.0)
-        # The weight of each element of this rank's block in the squared norm of the whole model.
-        weights = th.zeros(padded, dtype=th.float64)
-        for view, weight in zip(
-            flat_views(weights, self.parameters), norm_weights or [1.0] * len(self.parameters), strict=True
-        ):
-            view.fill_(weight)
-        self._norm_weights = weights[own].to(device)
+        # The pieces of parameters that fall in this rank's block (as views of grad_block), and the weight of each
+        # piece's squared norm in the whole model's: one norm per piece per step, no per-element weights.
+        self._pieces, weights = [], []
+        start = 0
+        for param, weight in zip(self.parameters, norm_weights or [1.0] * len(self.parameters), strict=True):
+            low, high = max(start, own.start), min(start + param.numel(), own.stop)
+            if low < high:
+                self._pieces.append(self.grad_block[low - own.start : high - own.start])
+                weights.append(weight)
+            start += param.numel()
+        self._piece_weights = th.tensor(weights, dtype=th.float64)
+        # On a GPU (without CUDA-aware MPI) the collectives run on pinned host copies, made once.
+        self._host: th.Tensor | None = None
+        if device.type == "cuda":
+            self._host = th.empty(padded, dtype=th.float32).pin_memory()
         self.total_norm = th.tensor(0.0)
         self.clock = SyncClock()  # one sync per step: its reduce-scatter and all-reduce, then its all-gather
         self.flat_adam = True
@@ -134,11 +146,15 @@ class ShardedAdam:
     def reduce_(self, loss: th.Tensor) -> float:
         """Reduce-scatter the gradients and all-reduce the norm's and the loss's sums; return the mean loss."""
         start = time.perf_counter()
-        gradients = self.grad_buffer.detach().cpu() if self.grad_buffer.is_cuda else self.grad_buffer
-        block = th.empty(self.block, dtype=th.float32)
-        comm.reduce_scatter_sum(gradients.numpy(), block.numpy(), self.group)
-        self.grad_block.copy_(block).div_(self.size)
-        squares = float((self.grad_block.double().square() * self._norm_weights).sum())
+        if self._host is None:
+            comm.reduce_scatter_sum_(self.grad_buffer.detach().numpy(), self.group)
+        else:
+            self._host.copy_(self.grad_buffer)
+            block = comm.reduce_scatter_sum_(self._host.numpy(), self.group)
+            self.grad_block.copy_(th.from_numpy(block))
+        self.grad_block.div_(self.size)
+        norms = th.stack(compat.foreach_norm(self._pieces, 2.0)).double() if self._pieces else th.zeros(0, dtype=th.float64)
+        squares = float((norms.cpu().square() * self._piece_weights).sum())
         sums = comm.allreduce_sum_(np.array([squares, loss.item() * self.counts_loss]))
         self.clock.add(time.perf_counter() - start)
         self.total_norm = th.tensor(math.sqrt(sums[0]), dtype=th.float32)
@@ -152,24 +168,22 @@ class ShardedAdam:
 
     def step(self) -> None:
         """Adam on this rank's block, then every rank's updated block into every rank's parameters."""
-        group = self.optimizer.param_groups[0]
-        beta1, beta2 = group["betas"]
-        extra = {"decoupled_weight_decay": group["decoupled_weight_decay"]} if "decoupled_weight_decay" in group else {}
         own_params = self.param_buffer[self._own]
-        with th.no_grad():
-            compat.functional_adam(
-                [own_params], [self.grad_block], [self.exp_avg], [self.exp_avg_sq], [], [self.step_count],
-                foreach=False, fused=False, amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"],
-                weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"], **extra,
-            )  # fmt: skip
+        compat.adam_step(
+            self.optimizer.param_groups[0], own_params, self.grad_block, self.exp_avg, self.exp_avg_sq, self.step_count
+        )
         start = time.perf_counter()
-        if self.param_buffer.is_cuda:
-            gathered = th.empty(self.param_buffer.numel(), dtype=th.float32)
-            comm.allgather_into(own_params.cpu().numpy(), gathered.numpy(), self.group)
-            self.param_buffer.copy_(gathered)
-        else:
-            comm.allgather_into(own_params.clone().numpy(), self.param_buffer.numpy(), self.group)
+        self._allgather_(self.param_buffer, own_params)
         self.clock.add(time.perf_counter() - start, syncs=0)
+
+    def _allgather_(self, buffer: th.Tensor, block: th.Tensor) -> None:
+        """Every rank's ``block`` into its place in the flat ``buffer`` (this rank's is already there), in place."""
+        if self._host is None:
+            comm.allgather_(buffer.detach().numpy(), self.group)
+            return
+        self._host[self._own].copy_(block)
+        comm.allgather_(self._host.numpy(), self.group)
+        buffer.copy_(self._host)
 
     def detach_steps(self) -> None:
         """Nothing to write back: the state lives here until :meth:`whole_state`."""
@@ -178,6 +192,7 @@ class ShardedAdam:
         return self.clock.pop_mean_ms()
 
     def optimizer_bytes(self) -> int:
+        """Adam's state held by this rank: the two moments of its block (the gradients live in ``grad_buffer``)."""
         return (self.exp_avg.numel() + self.exp_avg_sq.numel()) * 4
 
     def whole_state(self) -> None:
@@ -187,9 +202,10 @@ class ShardedAdam:
         """
         whole = {}
         for key, block in (("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)):
-            gathered = th.empty(self.param_buffer.numel(), dtype=th.float32)
-            comm.allgather_into(block.detach().cpu().numpy(), gathered.numpy(), self.group)
-            whole[key] = gathered.to(self.param_buffer.device)
+            gathered = th.zeros_like(self.param_buffer)
+            gathered[self._own] = block
+            self._allgather_(gathered, block)
+            whole[key] = gathered
         if float(self.step_count) == 0:
             return  # Adam has no state before its first step
         for index, param in enumerate(self.parameters):

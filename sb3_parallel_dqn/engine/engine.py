@@ -200,9 +200,10 @@ class TrainingEngine:
         whole Adam moments loaded since the last update to this rank's shard (and block). Local: no collective.
         """
         model = self.model
-        model_parallel.cut_whole_optimizer_state(model.policy)  # whole moments from a model file, into shards
-        parameters = [p for p in model.q_net.parameters() if p.requires_grad]
         update, grid = self.update, model._mesh  # type: ignore[attr-defined]
+        if grid.model_parallel_size > 1:
+            model_parallel.cut_whole_optimizer_state(model.policy)  # whole moments from a model file, into shards
+        parameters = [p for p in model.q_net.parameters() if p.requires_grad]
         if (
             update is None
             or update.optimizer is not model.policy.optimizer

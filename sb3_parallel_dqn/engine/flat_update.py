@@ -141,28 +141,14 @@ class FlatUpdate:
         if not self.flat_adam:
             self.optimizer.step()
             return
-        group = self.optimizer.param_groups[0]
-        beta1, beta2 = group["betas"]
-        extra = {"decoupled_weight_decay": group["decoupled_weight_decay"]} if "decoupled_weight_decay" in group else {}
-        with th.no_grad():
-            compat.functional_adam(
-                [self.param_buffer],
-                [self._flat_grad],
-                [self.exp_avg_buffer],
-                [self.exp_avg_sq_buffer],
-                [],
-                [self.step_count],
-                foreach=False,
-                fused=False,
-                amsgrad=False,
-                beta1=beta1,
-                beta2=beta2,
-                lr=group["lr"],
-                weight_decay=group["weight_decay"],
-                eps=group["eps"],
-                maximize=group["maximize"],
-                **extra,
-            )
+        compat.adam_step(
+            self.optimizer.param_groups[0],
+            self.param_buffer,
+            self._flat_grad,
+            self.exp_avg_buffer,
+            self.exp_avg_sq_buffer,
+            self.step_count,
+        )
 
     def detach_steps(self) -> None:
         """Write the flat step count into every parameter's Adam state (as ``optimizer.step()`` would have)."""
