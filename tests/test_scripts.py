@@ -194,6 +194,16 @@ def test_bad_input_exits_with_code_2(tmp_path, extra, message):
     assert not (tmp_path / "parallel_dqn").exists()  # failed before creating anything
 
 
+def test_the_action_space_is_checked_after_the_configs_env_wrappers(tmp_path):
+    """A Box env is refused, unless the config's env_wrapper makes its actions Discrete."""
+    args = ["--env", "Pendulum-v1", "-n", "300", "-f", tmp_path, "--eval-freq", "0", "--final-eval-episodes", "0"]
+    refused = run_main(train_main, args)
+    assert refused.returncode == 2 and "Discrete action space" in refused.stderr
+    wrapper = "env_wrapper:[{'gymnasium.wrappers.DiscretizeAction': {'bins': 3}}]"
+    check_ok(run_main(train_main, [*args, "-params", wrapper, "learning_starts:100"]))
+    assert ParallelDQN.load(tmp_path / "parallel_dqn" / "Pendulum-v1_1" / "Pendulum-v1.zip").action_space.n == 3
+
+
 @pytest.mark.slow
 def test_normalized_run_keeps_its_statistics(tmp_path):
     """normalize: rank 0's VecNormalize statistics are saved with the run and its checkpoints, and reused."""

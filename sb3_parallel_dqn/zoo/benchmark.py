@@ -192,6 +192,7 @@ def run_worker(args: argparse.Namespace) -> None:
     callback = TimedEval()
     model.learn(n_timesteps, callback=callback)
     train_seconds = callback.training_seconds()
+    n_updates = model._n_updates  # before profiling, whose train() calls ParallelDQN counts (SB3's replay does not)
     workers_rss = env_workers_peak_rss_mib(env)
     env.close()
 
@@ -227,8 +228,8 @@ def run_worker(args: argparse.Namespace) -> None:
         world_size=comm.world_size(),
         train_seconds=train_seconds,
         env_steps_per_s=model.num_timesteps / train_seconds,
-        updates_per_s=model._n_updates / train_seconds,
-        n_updates=model._n_updates,
+        updates_per_s=n_updates / train_seconds,
+        n_updates=n_updates,
         num_timesteps=model.num_timesteps,
         seconds_to_threshold=first_solve,
         seconds_to_stable_threshold=stable,

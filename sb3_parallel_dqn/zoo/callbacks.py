@@ -7,7 +7,7 @@ from pathlib import Path
 
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 
-from sb3_parallel_dqn.checkpoints import ParallelCheckpointCallback, save_vecnormalize
+from sb3_parallel_dqn.checkpoints import ParallelCheckpointCallback, save_vecnormalize, vecnormalize_path
 from sb3_parallel_dqn.distributed import comm, lockstep
 from sb3_parallel_dqn.zoo.envs import EnvSettings, make_callbacks, make_eval_env
 
@@ -80,7 +80,7 @@ def make_run_callbacks(
                 log_path=str(run_dir) if comm.is_root() else None,
                 verbose=verbose if comm.is_root() else 0,
                 # As the zoo, keep the normalization statistics that go with the best model.
-                callback_on_new_best=SaveVecNormalizeCallback(run_dir / env_id / "vecnormalize.pkl"),
+                callback_on_new_best=SaveVecNormalizeCallback(vecnormalize_path(run_dir / "best_model.zip", env_id)),
             )
         )
     return callbacks

@@ -32,13 +32,19 @@ from sb3_parallel_dqn.checkpoints import (
     vecnormalize_path,
 )
 from sb3_parallel_dqn.distributed import comm, lockstep, mesh
-from sb3_parallel_dqn.distributed.devices import set_torch_threads
 from sb3_parallel_dqn.interrupt import stop_on_signals
 from sb3_parallel_dqn.parallel_dqn import ParallelDQN
 from sb3_parallel_dqn.validation import ConfigError, UnsupportedSpaceError, check_action_space
 from sb3_parallel_dqn.zoo import ALGO
 from sb3_parallel_dqn.zoo.callbacks import EVAL_SEED_OFFSET, make_run_callbacks
-from sb3_parallel_dqn.zoo.envs import EnvSettings, make_eval_env, make_train_env, register_optional_envs, split_hyperparams
+from sb3_parallel_dqn.zoo.envs import (
+    EnvSettings,
+    EnvWrappers,
+    make_eval_env,
+    make_train_env,
+    register_optional_envs,
+    split_hyperparams,
+)
 from sb3_parallel_dqn.zoo.hyperparams import DEFAULT_CONF_FILE, load_entry, parse_override
 from sb3_parallel_dqn.zoo.run_folder import next_run_dir, saved_config_path, write_run_files, yaml_value
 
@@ -95,7 +101,8 @@ class Setup:
                 lockstep.check_train_freq(train_freq[0], train_freq[1], comm.launcher_world_size() or 1)
             except lockstep.LockstepError as error:
                 raise ConfigError(str(error), file=conf_file, entry=self.entry, key="train_freq") from None
-        env = gym.make(args.env, **self.settings.env_kwargs)
+        # The action space the model will see: after the config's env_wrapper classes (one may make it Discrete).
+        env = EnvWrappers(self.settings.env_wrappers)(gym.make(args.env, **self.settings.env_kwargs))
         try:
             check_action_space(env.action_space, args.env)
         except UnsupportedSpaceError as error:
@@ -192,8 +199,8 @@ def train(args: argparse.Namespace) -> int:
         model_path = run_dir / f"{args.env}.zip"
         if args.save_replay_buffer:
             model.save_replay_buffer(replay_buffer_path(model_path))  # every rank, its own shard
-        model.save(model_path)  # rank 0 writes
-        save_vecnormalize(model.get_vec_normalize_env(), run_dir / args.env / "vecnormalize.pkl")  # rank 0 writes
+        model.save(model_path)  # every rank (a split model is gathered), rank 0 writes
+        save_vecnormalize(model.get_vec_normalize_env(), vecnormalize_path(model_path, args.env))  # rank 0 writes
     finally:
         env.close()
 
@@ -243,7 +250,6 @@ def build_model(args: argparse.Namespace, setup: Setup, env: Any, shards: list[P
         assert setup.n_timesteps is not None
         return model, setup.n_timesteps
 
-    set_torch_threads(args.torch_threads)
     # As the zoo: the policy (architecture) is the saved one; the other hyperparameters come from the config.
     kwargs = {key: value for key, value in setup.model_kwargs.items() if key != "policy_kwargs"}
     try:
@@ -254,6 +260,7 @@ def build_model(args: argparse.Namespace, setup: Setup, env: Any, shards: list[P
             tensorboard_log=args.tensorboard_log,
             verbose=args.verbose if comm.is_root() else 0,
             device=args.device,
+            torch_num_threads=args.torch_threads,
             **kwargs,
         )
     except ValueError as error:  # SB3: "Observation spaces do not match", "Action spaces do not match"
@@ -310,7 +317,8 @@ def final_evaluation(model: ParallelDQN, args: argparse.Namespace, settings: Env
 def evaluate(model: ParallelDQN, args: argparse.Namespace, settings: EnvSettings, run_dir: Path, seed: int | None) -> str:
     """Mean and std of the greedy policy's return over ``--final-eval-episodes`` episodes."""
     # The statistics saved with the run (the final ones), as evaluate.py would use them.
-    eval_env = make_eval_env(args.env, settings, seed=seed, vecnormalize_path=run_dir / args.env / "vecnormalize.pkl")
+    statistics = vecnormalize_path(run_dir / f"{args.env}.zip", args.env)
+    eval_env = make_eval_env(args.env, settings, seed=seed, vecnormalize_path=statistics)
     returns, _ = evaluate_policy(model, eval_env, n_eval_episodes=args.final_eval_episodes, return_episode_rewards=True)
     eval_env.close()
     return f"mean return {np.mean(returns):.2f} +/- {np.std(returns):.2f}"
