@@ -21,10 +21,11 @@ if TYPE_CHECKING:
     from sb3_parallel_dqn.distributed.gradients import WeightsDivergedError
     from sb3_parallel_dqn.distributed.lockstep import LockstepError
     from sb3_parallel_dqn.envs import EnvWorkerError, ParallelSubprocVecEnv, make_parallel_vec_env
+    from sb3_parallel_dqn.frame_replay import FrameReplayBuffer, PrioritizedFrameReplayBuffer
     from sb3_parallel_dqn.interrupt import stop_on_signals
     from sb3_parallel_dqn.losses import NonFiniteError
     from sb3_parallel_dqn.parallel_dqn import ParallelDQN
-    from sb3_parallel_dqn.policies import CnnPolicy, DuelingQNetwork, MlpPolicy, MultiInputPolicy
+    from sb3_parallel_dqn.policies import CnnPolicy, DuelingQNetwork, MinAtarCNN, MlpPolicy, MultiInputPolicy
     from sb3_parallel_dqn.prioritized_replay import PrioritizedReplayBuffer
     from sb3_parallel_dqn.safe_load import ModelFileError, UnsafeModelFileError, load_weights_only
     from sb3_parallel_dqn.validation import ConfigError, UnsupportedSpaceError
@@ -35,13 +36,16 @@ _PUBLIC = {
     "ConfigError": "validation",
     "DuelingQNetwork": "policies",
     "EnvWorkerError": "envs",
+    "FrameReplayBuffer": "frame_replay",
     "LockstepError": "distributed.lockstep",
+    "MinAtarCNN": "policies",
     "MlpPolicy": "policies",
     "ModelFileError": "safe_load",
     "MultiInputPolicy": "policies",
     "NonFiniteError": "losses",
     "ParallelDQN": "parallel_dqn",
     "ParallelSubprocVecEnv": "envs",
+    "PrioritizedFrameReplayBuffer": "frame_replay",
     "PrioritizedReplayBuffer": "prioritized_replay",
     "UnsafeModelFileError": "safe_load",
     "UnsupportedSpaceError": "validation",
@@ -56,13 +60,16 @@ __all__ = [
     "ConfigError",
     "DuelingQNetwork",
     "EnvWorkerError",
+    "FrameReplayBuffer",
     "LockstepError",
+    "MinAtarCNN",
     "MlpPolicy",
     "ModelFileError",
     "MultiInputPolicy",
     "NonFiniteError",
     "ParallelDQN",
     "ParallelSubprocVecEnv",
+    "PrioritizedFrameReplayBuffer",
     "PrioritizedReplayBuffer",
     "UnsafeModelFileError",
     "UnsupportedSpaceError",

@@ -32,12 +32,17 @@ from sb3_parallel_dqn.zoo.benchmark import (
     DEFAULTS,
     LAYOUTS,
     QUICK,
+    SB3_THRESHOLD,
     THRESHOLDS,
     run_driver,
     run_parallelism,
     run_update_worker,
     run_worker,
 )
+
+
+def threshold_value(text: str) -> str | float:
+    return SB3_THRESHOLD if text == SB3_THRESHOLD else float(text)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -57,8 +62,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="global steps between evaluations (default: 2500; --quick: 2000)")  # fmt: skip
     parser.add_argument("--eval-episodes", type=int, default=None, help="default: 10 (--quick: 3)")
     parser.add_argument("--final-episodes", type=int, default=None, help="default: 20 (--quick: 5)")
-    parser.add_argument("--threshold", type=float, default=None,
-                        help=f"mean eval return that counts as solved (default per env: {THRESHOLDS})")  # fmt: skip
+    parser.add_argument("--threshold", type=threshold_value, default=None,
+                        help=f"mean eval return that counts as solved (default per env: {THRESHOLDS}); 'sb3': the "
+                             "median of SB3's final returns, i.e. time to the return SB3 reaches with the budget")  # fmt: skip
+    parser.add_argument("--reuse", action="store_true",
+                        help="reuse the results in --out an earlier driver made with the same worker command")  # fmt: skip
     parser.add_argument("--profile-steps", type=int, default=None,
                         help="gradient steps timed part by part after training (default: 200; --quick: 100)")  # fmt: skip
     parser.add_argument("--quick", action="store_true",
@@ -69,6 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="overrides applied to the ParallelDQN configurations only")  # fmt: skip
     parser.add_argument("--sb3-params", nargs="+", default=[], metavar="KEY:VALUE",
                         help="overrides applied to SB3 DQN only, e.g. to run it on the zoo's own values")  # fmt: skip
+    parser.add_argument("--torch-threads", type=int, default=1, help="torch threads per process (every configuration)")
     parser.add_argument("--out", default="bench", help="output folder")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per run")
     parser.add_argument("--parallelism", action="store_true",
@@ -77,6 +86,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="--parallelism: MLPs (hidden units, x-separated) on CartPole, or cnn (NatureCNN)")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=256, help="--parallelism: the global batch")
     parser.add_argument("--updates", type=int, default=30, help="--parallelism: updates timed per layout")
+    parser.add_argument("--replay", action="store_true",
+                        help="instead: bytes per transition and sample() time of SB3's ReplayBuffer and FrameReplayBuffer "
+                             "on the same 4 x 84 x 84 frame stacks")  # fmt: skip
+    parser.add_argument("--replay-size", type=int, default=100_000, help="--replay: transitions stored")
+    parser.add_argument("--replay-batch", type=int, default=32, help="--replay: the batch of each sample()")
+    parser.add_argument("--replay-samples", type=int, default=2_000, help="--replay: sample() calls timed per repeat")
+    parser.add_argument("--replay-repeats", type=int, default=5, help="--replay: repeats (the median is reported)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--net", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--layout", default=None, choices=list(LAYOUTS), help=argparse.SUPPRESS)
@@ -97,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         run_worker(args)
         return 0
+    if args.replay:
+        from sb3_parallel_dqn.zoo.replay_benchmark import run_replay
+
+        return run_replay(args)
     return run_parallelism(args) if args.parallelism else run_driver(args)
 
 

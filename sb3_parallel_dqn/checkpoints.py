@@ -29,6 +29,7 @@ from stable_baselines3.common.callbacks import CheckpointCallback
 from stable_baselines3.common.vec_env import VecEnv, unwrap_vec_normalize
 
 from sb3_parallel_dqn.distributed import comm
+from sb3_parallel_dqn.env_names import env_file_name
 
 _CHECKPOINT = re.compile(r"rl_model_(\d+)_steps\.zip")
 
@@ -140,7 +141,7 @@ def vecnormalize_path(model_path: str | os.PathLike[str], env_id: str) -> pathli
     match = _CHECKPOINT.fullmatch(model_path.name)
     if match:
         return model_path.with_name(f"rl_model_vecnormalize_{match.group(1)}_steps.pkl")
-    return model_path.parent / env_id / "vecnormalize.pkl"
+    return model_path.parent / env_file_name(env_id) / "vecnormalize.pkl"
 
 
 def replay_buffer_shards(model_path: str | os.PathLike[str]) -> tuple[list[pathlib.Path], int | None]:

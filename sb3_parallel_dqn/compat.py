@@ -111,6 +111,13 @@ N_STEPS_IGNORED_WARNING = Internal(
     "('`n_steps=N` is ignored because a custom `replay_buffer_class`'), wrong when replay_buffer_kwargs carry n_steps",
 )
 N_STEPS_IGNORED_MESSAGE = r"`n_steps=\d+` is ignored because a custom `replay_buffer_class`"
+OBSERVATION_GATHERS = Internal(
+    "stable_baselines3.common.buffers:NStepReplayBuffer._get_samples",
+    "ReplayBuffer/NStepReplayBuffer._get_samples (and ReplayBuffer.add) reach the stored observations only as "
+    "self.observations[rows, envs(, :)] and self.next_observations[rows, envs(, :)] with integer arrays (and "
+    "assignments at [pos]): FrameReplayBuffer puts objects there that rebuild the stacks, so that SB3's own sampling "
+    "code runs on frames stored once",
+)
 
 #: Every internal above, for tests/test_compat.py.
 INTERNALS = (
@@ -122,6 +129,7 @@ INTERNALS = (
     FUNCTIONAL_ADAM,
     GLOBAL_MODULE_HOOKS,
     N_STEPS_IGNORED_WARNING,
+    OBSERVATION_GATHERS,
 )
 
 #: The protected methods of SB3's ``DQN`` (and its bases) that ``ParallelDQN`` overrides, and what each override

@@ -64,6 +64,41 @@ class DuelingQNetwork(QNetwork):
         return self.value_head(hidden) + advantages - advantages.mean(dim=1, keepdim=True)
 
 
+class MinAtarCNN(BaseFeaturesExtractor):
+    """
+    The MinAtar paper's network body for 10x10 observations: one 3x3 convolution with 16 channels (stride 1, no
+    padding) and a 128-unit layer, both with ReLU (Young & Tian 2019, https://arxiv.org/abs/1903.03176).
+
+    Use it with ``MlpPolicy`` and ``net_arch=[]``, so that the Q-values are one linear layer on its 128 features, as
+    in the paper: ``policy_kwargs=dict(features_extractor_class=MinAtarCNN, net_arch=[])`` (``dueling=True`` puts the
+    value and advantage heads on the same features). SB3's ``NatureCNN`` cannot take these inputs: its 8x8 stride-4
+    first layer needs at least 36x36 pixels, and SB3 only treats ``uint8`` boxes as images.
+
+    :param observation_space: a ``Box`` of shape ``(H, W, C)`` (MinAtar's boolean channels) or ``(C, H, W)``
+    :param features_dim: units of the fully connected layer
+    :param channels_last: whether the channel axis is the last one (MinAtar's layout); SB3 leaves non-``uint8``
+        observations untransposed
+    """
+
+    def __init__(self, observation_space: spaces.Box, features_dim: int = 128, channels_last: bool = True) -> None:
+        super().__init__(observation_space, features_dim)
+        assert observation_space.shape is not None and len(observation_space.shape) == 3, (
+            f"MinAtarCNN needs (H, W, C) or (C, H, W) observations, not {observation_space.shape}"
+        )
+        self.channels_last = channels_last
+        if channels_last:
+            height, width, channels = observation_space.shape
+        else:
+            channels, height, width = observation_space.shape
+        self.conv = nn.Sequential(nn.Conv2d(channels, 16, kernel_size=3, stride=1), nn.ReLU(), nn.Flatten())
+        self.linear = nn.Sequential(nn.Linear(16 * (height - 2) * (width - 2), features_dim), nn.ReLU())
+
+    def forward(self, observations: th.Tensor) -> th.Tensor:
+        if self.channels_last:
+            observations = observations.permute(0, 3, 1, 2)
+        return self.linear(self.conv(observations))
+
+
 class DQNPolicy(sb3_policies.DQNPolicy):
     """
     SB3's ``DQNPolicy`` with an optional dueling head; every other argument is SB3's.

@@ -56,6 +56,9 @@ class PrioritizedReplayBuffer(NStepReplayBuffer):
     :param epsilon: Added to every absolute TD error, so that no transition's priority is 0
     """
 
+    # ParallelDQN hands this class its own n_steps and gamma (see with_model_n_steps)
+    takes_model_n_steps = True
+
     def __init__(
         self,
         buffer_size: int,
@@ -72,16 +75,7 @@ class PrioritizedReplayBuffer(NStepReplayBuffer):
         final_beta: float = 1.0,
         epsilon: float = 1e-6,
     ) -> None:
-        if isinstance(observation_space, spaces.Dict):
-            raise ValueError("PrioritizedReplayBuffer stores array observations; Dict observation spaces are not supported")
-        if optimize_memory_usage and n_steps > 1:
-            raise ValueError("optimize_memory_usage only works with n_steps=1 (as SB3's NStepReplayBuffer)")
-        if not alpha >= 0:
-            raise ValueError(f"alpha must be >= 0, not {alpha}")
-        if not (0 <= beta <= 1 and 0 <= final_beta <= 1):
-            raise ValueError(f"beta and final_beta must lie in [0, 1], not {beta} and {final_beta}")
-        if not epsilon > 0:
-            raise ValueError(f"epsilon must be > 0, not {epsilon}")
+        check_prioritized_arguments(observation_space, optimize_memory_usage, n_steps, alpha, beta, final_beta, epsilon)
         # NStepReplayBuffer.__init__ refuses optimize_memory_usage even for n_steps=1, where ReplayBuffer's own
         # sampling applies: set up the storage as ReplayBuffer does, and the n-step settings by hand.
         ReplayBuffer.__init__(
@@ -96,6 +90,10 @@ class PrioritizedReplayBuffer(NStepReplayBuffer):
         )
         self.n_steps = n_steps
         self.gamma = gamma
+        self._init_priorities(alpha, beta, final_beta, epsilon)
+
+    def _init_priorities(self, alpha: float, beta: float, final_beta: float, epsilon: float) -> None:
+        """The prioritized part, once the storage is set up (here, or by a subclass with storage of its own)."""
         self.alpha = alpha
         self.initial_beta = self.beta = beta
         self.final_beta = final_beta
@@ -196,6 +194,28 @@ class PrioritizedReplayBuffer(NStepReplayBuffer):
 _PER_ENV_ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
 
 
+def check_prioritized_arguments(
+    observation_space: spaces.Space,
+    optimize_memory_usage: bool,
+    n_steps: int,
+    alpha: float,
+    beta: float,
+    final_beta: float,
+    epsilon: float,
+) -> None:
+    """Refuse what :class:`PrioritizedReplayBuffer` cannot do, before any memory is allocated."""
+    if isinstance(observation_space, spaces.Dict):
+        raise ValueError("PrioritizedReplayBuffer stores array observations; Dict observation spaces are not supported")
+    if optimize_memory_usage and n_steps > 1:
+        raise ValueError("optimize_memory_usage only works with n_steps=1 (as SB3's NStepReplayBuffer)")
+    if not alpha >= 0:
+        raise ValueError(f"alpha must be >= 0, not {alpha}")
+    if not (0 <= beta <= 1 and 0 <= final_beta <= 1):
+        raise ValueError(f"beta and final_beta must lie in [0, 1], not {beta} and {final_beta}")
+    if not epsilon > 0:
+        raise ValueError(f"epsilon must be > 0, not {epsilon}")
+
+
 def truncate_last_transitions(replay_buffer: ReplayBuffer | None) -> None:
     """
     Mark the newest stored transition of every env as the end of its episode (a truncation), because collection is
@@ -224,10 +244,11 @@ def with_model_n_steps(
     replay_buffer_class: type[ReplayBuffer] | None, replay_buffer_kwargs: dict[str, Any], n_steps: int, gamma: float
 ) -> dict[str, Any]:
     """
-    The keyword arguments for the replay buffer: a :class:`PrioritizedReplayBuffer` computes n-step returns itself
+    The keyword arguments for the replay buffer: a :class:`PrioritizedReplayBuffer` or a
+    :class:`~sb3_parallel_dqn.FrameReplayBuffer` (``takes_model_n_steps``) computes n-step returns itself
     and gets the model's ``n_steps`` and ``gamma`` unless ``replay_buffer_kwargs`` set them (SB3 only hands them to
     the buffer it picks itself), in a new dict (the user's own must not change).
     """
-    if replay_buffer_class is not None and issubclass(replay_buffer_class, PrioritizedReplayBuffer):
+    if getattr(replay_buffer_class, "takes_model_n_steps", False):
         return {"n_steps": n_steps, "gamma": gamma, **replay_buffer_kwargs}
     return replay_buffer_kwargs

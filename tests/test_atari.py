@@ -4,8 +4,9 @@ import re
 
 import pytest
 from conftest import REPO_DIR, check_ok, run_mpi, run_python
+from stable_baselines3.common.save_util import load_from_pkl
 
-from sb3_parallel_dqn import ParallelDQN
+from sb3_parallel_dqn import FrameReplayBuffer, ParallelDQN
 
 # ale-py ships the ROMs; CI installs it with the test extra, so this does not skip there.
 pytest.importorskip("ale_py")
@@ -18,7 +19,7 @@ def test_pong_smoke_run_under_mpirun(tmp_path):
     # A tiny budget and buffer: the point is the pipeline (wrappers, image transposition, CNN, sync), not learning.
     args = [str(REPO_DIR / "scripts" / "train.py"), "--env", ENV, "-n", "1600", "--seed", "0", "-f", str(tmp_path),
             "--eval-freq", "1200", "--eval-episodes", "1", "--final-eval-episodes", "0", "--save-freq", "800",
-            "-params", "buffer_size:1000", "learning_starts:800", "train_freq:8"]  # fmt: skip
+            "--save-replay-buffer", "-params", "buffer_size:1000", "learning_starts:800", "train_freq:8"]  # fmt: skip
     result = check_ok(run_mpi(args, timeout=300))
     assert f"config entry '{ENV}'" in result.stdout
     run_dir = tmp_path / "parallel_dqn" / f"{ENV}_1"
@@ -28,6 +29,16 @@ def test_pong_smoke_run_under_mpirun(tmp_path):
     assert model.num_timesteps >= 1600 and model._n_updates > 0
     assert (run_dir / "evaluations.npz").exists() and (run_dir / "rl_model_800_steps.zip").exists()
     assert sorted(p.name for p in run_dir.glob("*.monitor.csv")) == ["0.0.monitor.csv", "1.0.monitor.csv"]
+    # The entry's FrameReplayBuffer: each rank saved its own with the checkpoint, and a resume reloads and extends it.
+    shards = sorted(run_dir.glob("*replay_buffer*800*.pkl"))
+    assert len(shards) == 2, sorted(p.name for p in run_dir.iterdir())
+    buffer = load_from_pkl(shards[0])
+    assert isinstance(buffer, FrameReplayBuffer) and buffer.frames.shape[2:] == (1, 84, 84) and buffer.size() >= 400
+    check_ok(run_mpi([*args[:3], "-n", "400", "-i", str(run_dir / "rl_model_800_steps.zip"), "-f", str(tmp_path),
+                      "--eval-freq", "1200", "--eval-episodes", "1", "--final-eval-episodes", "0"], timeout=300))  # fmt: skip
+    resumed = tmp_path / "parallel_dqn" / f"{ENV}_2"
+    model = ParallelDQN.load(resumed / f"{ENV}.zip")
+    assert model.num_timesteps == 1200 and model._n_updates > 0  # 400 steps more, on the reloaded frame buffers
 
     # evaluate.py rebuilds the same wrappers from the run's config.yml
     result = check_ok(

@@ -119,7 +119,7 @@ def test_layout_configurations_launch_the_right_job():
 
     args = argparse.Namespace(env="CartPole-v1", eval_freq=1, eval_episodes=1, final_episodes=1, profile_steps=0,
                               conf_file=None, sb3_conf_file=None, n_timesteps=None, threshold=None, hyperparams=[],
-                              pdqn_params=["batch_size:64"], sb3_params=[])  # fmt: skip
+                              pdqn_params=["batch_size:64"], sb3_params=[], torch_threads=1)  # fmt: skip
     mp = command_for("mp-4", 0, args, tmp := REPO_DIR / "r.json")
     assert mp[1:3] == ["-np", "4"] and mp[-2:] == ["batch_size:64", "model_parallel_size:4"]
     zero = command_for("zero-2", 0, args, tmp)
@@ -134,3 +134,31 @@ def test_no_speedup_plot_without_the_sb3_baseline(tmp_path):
     results = {"pdqn-1": [{"curve": [[1000, 1.0, 20.0], [2000, 2.0, 480.0]]}], "mp-2": [{"curve": [[1000, 0.6, 30.0]]}]}
     assert write_plots(results, 475.0, "CartPole-v1", tmp_path) == [tmp_path / "returns.png"]
     assert (tmp_path / "returns.png").read_bytes().startswith(PNG_SIGNATURE) and not (tmp_path / "speedup.png").exists()
+
+
+def test_time_to_sb3s_final_return_and_reused_results(tmp_path):
+    """--threshold sb3 (workers run without one; the driver takes SB3's median final return) and --reuse (only a
+    result made by exactly the same worker command)."""
+    from sb3_parallel_dqn.zoo.benchmark import resolve_threshold, reusable_result, seconds_to
+
+    assert resolve_threshold("sb3", "CartPole-v1") == math.inf and resolve_threshold(None, "CartPole-v1") == 475.0
+    curve = [(1000, 1.0, 5.0), (2000, 2.0, 9.0), (3000, 3.0, 7.0), (4000, 4.0, 9.5), (5000, 5.0, 9.1)]
+    assert seconds_to(curve, 9.0) == (2.0, 5.0)  # first at 2 s; two in a row first at 4 s and 5 s
+    assert seconds_to(curve, 10.0) == (None, None)
+    result = tmp_path / "sb3_seed0.json"
+    result.write_text(json.dumps({"command": "python worker --seed 0", "final_mean_return": 9.0}))
+    assert reusable_result(result, "python worker --seed 0") == {"command": "python worker --seed 0", "final_mean_return": 9.0}
+    assert reusable_result(result, "python worker --seed 1") is None
+    assert reusable_result(tmp_path / "missing.json", "python worker --seed 0") is None
+
+
+@pytest.mark.slow
+def test_replay_table(tmp_path):
+    """--replay: every buffer measured on the same stacks (checked equal first), FrameReplayBuffer at ~1/8 the bytes."""
+    check_ok(run_python([BENCHMARK, "--replay", "--replay-size", "3000", "--replay-samples", "20", "--replay-repeats",
+                         "1", "--out", str(tmp_path)], timeout=300))  # fmt: skip
+    rows = {row["buffer"]: row for row in json.loads((tmp_path / "results.json").read_text())["rows"]}
+    assert set(rows) == {"SB3 ReplayBuffer", "SB3 ReplayBuffer, optimize_memory_usage", "FrameReplayBuffer"}
+    assert rows["FrameReplayBuffer"]["bytes"] < rows["SB3 ReplayBuffer"]["bytes"] / 7
+    assert all(row["sample_us"] > 0 for row in rows.values())
+    assert "| FrameReplayBuffer |" in (tmp_path / "results.md").read_text()

@@ -67,6 +67,36 @@ def test_get_samples_is_row_wise_and_draws_no_random_numbers_with_one_env():
                 assert th.equal(getattr(together, name)[index], getattr(alone, name)[0]), broken(compat.GET_SAMPLES, name)
 
 
+class RecordingArray:
+    """Stands where SB3 keeps its observation arrays; records how they are indexed."""
+
+    def __init__(self, array: np.ndarray, keys: list) -> None:
+        self.array, self.keys = array, keys
+
+    def __getitem__(self, key):
+        self.keys.append(("get", tuple(type(part).__name__ for part in (key if isinstance(key, tuple) else (key,)))))
+        return self.array[key]
+
+    def __setitem__(self, key, value):
+        self.keys.append(("set", type(key).__name__))
+        self.array[key] = value
+
+
+@pytest.mark.parametrize("buffer_class", [ReplayBuffer, NStepReplayBuffer])
+def test_observations_are_reached_only_as_frame_replay_expects(buffer_class):
+    space = spaces.Box(0, 255, shape=(4, 3, 3), dtype=np.uint8)
+    buffer = buffer_class(20, space, spaces.Discrete(2), device="cpu", n_envs=2)
+    keys: list = []
+    buffer.observations = RecordingArray(buffer.observations, keys)
+    buffer.next_observations = RecordingArray(buffer.next_observations, keys)
+    for _ in range(8):
+        obs = np.zeros((2, 4, 3, 3), np.uint8)
+        buffer.add(obs, obs, np.array([0, 1]), np.array([1.0, 0.0]), np.array([False, False]), [{}, {}])
+    buffer.sample(5)
+    allowed = {("set", "int"), ("get", ("ndarray", "ndarray")), ("get", ("ndarray", "ndarray", "slice"))}
+    assert keys and set(keys) <= allowed, broken(compat.OBSERVATION_GATHERS, f"indexes observations as {set(keys)}")
+
+
 def test_foreach_norm_is_clip_grad_norms_per_tensor_norm():
     tensors = [th.randn(5, 3), th.randn(7)]
     expected = [th.linalg.vector_norm(t, 2.0) for t in tensors]

@@ -198,8 +198,9 @@ def memory_report(model: DQN) -> dict[str, int]:
 
 
 def _nbytes(value: Any) -> int:
-    if isinstance(value, np.ndarray):
-        return value.nbytes
+    # Arrays, and the stores of FrameReplayBuffer that count their own (its stacked views count 0: no copy).
+    if isinstance(getattr(value, "nbytes", None), int):
+        return int(value.nbytes)
     if isinstance(value, dict):
         return sum(_nbytes(item) for item in value.values())
     if isinstance(value, list | tuple):

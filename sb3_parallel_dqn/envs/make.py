@@ -12,6 +12,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from sb3_parallel_dqn import compat
 from sb3_parallel_dqn.distributed import comm, lockstep, mesh
+from sb3_parallel_dqn.envs.registry import register_env_packages
 from sb3_parallel_dqn.envs.subproc import ParallelSubprocVecEnv
 
 VEC_ENV_CLASSES: dict[str, type[DummyVecEnv | SubprocVecEnv]] = {"dummy": DummyVecEnv, "subproc": ParallelSubprocVecEnv}
@@ -98,6 +99,7 @@ def make_parallel_vec_env(
 
         def _init() -> gym.Env:
             if isinstance(env_id, str):
+                register_env_packages(env_id)  # in this process: a spawn/forkserver worker starts without them
                 # if the render mode was not specified, we set it to `rgb_array` as default.
                 kwargs = {"render_mode": "rgb_array"}
                 kwargs.update(env_kwargs)
@@ -143,6 +145,7 @@ def build_env(
     What ``ParallelDQN`` trains on when given an env id: ``n_envs`` envs of this rank from
     :func:`make_parallel_vec_env`, or the id itself when SB3 would build the same single env from it.
     """
+    register_env_packages(env)  # SB3's gym.make of the id runs in this process
     if n_envs > 1 or vec_env_cls is not None or env_kwargs is not None:
         return make_parallel_vec_env(
             env, n_envs=n_envs, env_kwargs=env_kwargs, vec_env_cls=vec_env_cls, vec_env_kwargs=vec_env_kwargs

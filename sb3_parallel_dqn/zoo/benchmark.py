@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import os
 import platform
@@ -24,6 +25,8 @@ import numpy as np
 from sb3_parallel_dqn.engine import STEP_PARTS as TIME_SPLIT_PARTS
 
 THRESHOLDS = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0, "LunarLander-v3": 200.0, "MountainCar-v0": -110.0}
+# --threshold sb3: the median over SB3's seeds of its final return (the return SB3 reaches with the whole budget).
+SB3_THRESHOLD = "sb3"
 # Defaults of the options below that --quick replaces; an option given on the command line wins over both.
 DEFAULTS: dict[str, Any] = {"seeds": [0, 1, 2, 3, 4], "n_timesteps": None, "eval_freq": 2_500, "eval_episodes": 10,
                             "final_episodes": 20, "profile_steps": 200}  # fmt: skip
@@ -133,6 +136,24 @@ def env_workers_peak_rss_mib(env: Any) -> float | None:
     return max(peaks) if peaks else None
 
 
+def resolve_threshold(threshold: str | float | None, env_id: str) -> float:
+    """The return that counts as solved: ``--threshold``, else the env's entry of ``THRESHOLDS``, else never.
+    ``"sb3"`` is the driver's to resolve once SB3 has run: a worker runs with no threshold then."""
+    if threshold is None:
+        return THRESHOLDS.get(env_id, float("inf"))
+    return float("inf") if threshold == SB3_THRESHOLD else float(threshold)
+
+
+def seconds_to(curve: list[tuple[int, float, float]], threshold: float) -> tuple[float | None, float | None]:
+    """Training seconds to the first evaluation at or above ``threshold``, and to the second of the first two
+    evaluations in a row at or above it ("stable"); None where the run never got there."""
+    first = next((seconds for _, seconds, ret in curve if ret >= threshold), None)
+    stable = next(
+        (second[1] for first_eval, second in itertools.pairwise(curve) if min(first_eval[2], second[2]) >= threshold), None
+    )
+    return first, stable
+
+
 def run_worker(args: argparse.Namespace) -> None:
     import torch as th
     from stable_baselines3 import DQN
@@ -151,7 +172,7 @@ def run_worker(args: argparse.Namespace) -> None:
     model_kwargs, settings = split_hyperparams(hyperparams)
     n_timesteps = args.n_timesteps or settings.n_timesteps
     assert n_timesteps is not None, "no n_timesteps in the config: pass -n"
-    threshold = args.threshold if args.threshold is not None else THRESHOLDS.get(args.env, float("inf"))
+    threshold = resolve_threshold(args.threshold, args.env)
     root = comm.is_root()
     # A split Q-network's forward pass is a collective over its model group: every rank evaluates then, on the same
     # seeds (so the same observations), and rank 0 keeps the numbers.
@@ -185,9 +206,11 @@ def run_worker(args: argparse.Namespace) -> None:
         def training_seconds(self) -> float:
             return time.perf_counter() - self.start - self.eval_seconds
 
-    th.set_num_threads(1)  # SB3's best setting on small nets (ParallelDQN does this by itself)
+    th.set_num_threads(args.torch_threads)  # 1: SB3's best setting on small nets (ParallelDQN sets it by itself)
     env = make_train_env(args.env, settings, seed=args.seed)
     algo = DQN if args.worker == "sb3" else ParallelDQN
+    if algo is ParallelDQN:
+        model_kwargs["torch_num_threads"] = args.torch_threads
     model = algo(settings.policy, env, seed=args.seed, device="cpu", **model_kwargs)
     callback = TimedEval()
     model.learn(n_timesteps, callback=callback)
@@ -220,10 +243,7 @@ def run_worker(args: argparse.Namespace) -> None:
     returns, _ = evaluate_policy(model, final_env, n_eval_episodes=args.final_episodes, return_episode_rewards=True)
     if not root:
         return
-    first_solve = next((seconds for _, seconds, ret in callback.curve if ret >= threshold), None)
-    # "stable": two evaluations in a row at or above the threshold
-    pairs = zip(callback.curve, callback.curve[1:], strict=False)
-    stable = next((second[1] for first, second in pairs if min(first[2], second[2]) >= threshold), None)
+    first_solve, stable = seconds_to(callback.curve, threshold)
     result.update(
         world_size=comm.world_size(),
         train_seconds=train_seconds,
@@ -245,6 +265,15 @@ def run_worker(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def reusable_result(result_file: Path, command: str) -> dict[str, Any] | None:
+    """The result in ``result_file`` if an earlier driver made it with exactly ``command`` (``--reuse``)."""
+    try:
+        result: dict[str, Any] = json.loads(result_file.read_text())
+    except (OSError, ValueError):
+        return None
+    return result if result.get("command") == command else None
+
+
 def run_job(command: list[str], what: str, timeout: float) -> bool:
     """Run one worker job (a process or an mpirun job); on failure print the end of its output and return False."""
     print(f"[{time.strftime('%H:%M:%S')}] {what} ...", flush=True)
@@ -262,6 +291,8 @@ def command_for(config: str, seed: int, args: argparse.Namespace, result: Path) 
     worker += ["--env", args.env, "--seed", str(seed), "--result", str(result), "--eval-freq", str(args.eval_freq)]
     worker += ["--eval-episodes", str(args.eval_episodes), "--final-episodes", str(args.final_episodes)]
     worker += ["--profile-steps", str(args.profile_steps)]
+    if args.torch_threads != 1:
+        worker += ["--torch-threads", str(args.torch_threads)]
     if args.conf_file:
         worker += ["--conf-file", args.conf_file]
     if args.sb3_conf_file:
@@ -455,7 +486,8 @@ def library_versions() -> dict[str, str | None]:
 def run_driver(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    threshold = args.threshold if args.threshold is not None else THRESHOLDS.get(args.env, float("inf"))
+    if args.threshold == SB3_THRESHOLD and "sb3" not in args.configs:
+        raise SystemExit("--threshold sb3 needs the sb3 configuration in --configs")
     results: dict[str, list[dict[str, Any]]] = {config: [] for config in args.configs}
     commands = []
     for seed in args.seeds:
@@ -463,16 +495,28 @@ def run_driver(args: argparse.Namespace) -> int:
             result_file = out / f"{config}_seed{seed}.json"
             command = command_for(config, seed, args, result_file)
             commands.append(shlex.join(command))
-            if not run_job(command, f"{config} seed {seed}", args.timeout):
-                return 1
-            result = json.loads(result_file.read_text())
-            result["command"] = shlex.join(command)
+            result = reusable_result(result_file, shlex.join(command)) if args.reuse else None
+            if result is None:
+                if not run_job(command, f"{config} seed {seed}", args.timeout):
+                    return 1
+                result = json.loads(result_file.read_text())
+                result["command"] = shlex.join(command)
+                # With the command that made it, so that --reuse can tell whether a later driver asks for the same run.
+                result_file.write_text(json.dumps(result))
+            else:
+                print(f"[{time.strftime('%H:%M:%S')}] {config} seed {seed}: reusing {result_file}", flush=True)
             results[config].append(result)
             print(
                 f"    train {result['train_seconds']:.1f} s, first >= threshold at {result['seconds_to_threshold']} s, "
                 f"final {result['final_mean_return']:.1f}",
                 flush=True,
             )
+    threshold = resolve_threshold(args.threshold, args.env)
+    if args.threshold == SB3_THRESHOLD:
+        threshold = float(np.median([r["final_mean_return"] for r in results["sb3"]]))
+    for runs in results.values():
+        for result in runs:
+            result["seconds_to_threshold"], result["seconds_to_stable_threshold"] = seconds_to(result["curve"], threshold)
     table = summarise(results, threshold)
     system, versions = system_info(), library_versions()
     machine = machine_line(system, versions)

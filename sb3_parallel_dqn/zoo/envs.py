@@ -42,7 +42,8 @@ from stable_baselines3.common.vec_env import (
     is_vecenv_wrapped,
 )
 
-from sb3_parallel_dqn.envs import make_parallel_vec_env
+from sb3_parallel_dqn.envs import make_parallel_vec_env, register_env_packages
+from sb3_parallel_dqn.frame_replay import FrameReplayBuffer
 from sb3_parallel_dqn.validation import ConfigError
 from sb3_parallel_dqn.zoo.hyperparams import class_entries
 
@@ -184,7 +185,8 @@ def split_hyperparams(hyperparams: dict[str, Any]) -> tuple[dict[str, Any], EnvS
     ``env_wrapper``, ``vec_env_wrapper`` and ``callback`` are resolved here (see the module docstring), so that a bad
     name fails before any env is built. ``normalize`` becomes ``VecNormalize`` keyword arguments; as in the zoo,
     the entry's ``gamma``, when it has one, replaces theirs, so that rewards are normalised with the discount the
-    model uses.
+    model uses. A :class:`~sb3_parallel_dqn.FrameReplayBuffer` gets the entry's ``frame_stack`` (unless
+    ``replay_buffer_kwargs`` name one).
 
     :param hyperparams: the converted entry; not modified
     :return: the model's keyword arguments and the env settings
@@ -210,21 +212,24 @@ def split_hyperparams(hyperparams: dict[str, Any]) -> tuple[dict[str, Any], EnvS
         normalize_kwargs=normalize_kwargs,
         callbacks=resolve_classes(model_kwargs.pop("callback", None), "callback", BaseCallback),
     )
+    buffer_class = model_kwargs.get("replay_buffer_class")
+    if settings.frame_stack and isinstance(buffer_class, type) and issubclass(buffer_class, FrameReplayBuffer):
+        # The buffer stores the frames that VecFrameStack stacks: tell it how many, unless the entry does.
+        model_kwargs["replay_buffer_kwargs"] = {
+            "frame_stack": settings.frame_stack,
+            **model_kwargs.get("replay_buffer_kwargs", {}),
+        }
     return model_kwargs, settings
 
 
 def register_optional_envs() -> None:
     """
-    Register the envs of optional packages with gymnasium: ale-py's Atari games when ``ale_py`` is installed.
-
-    As ``rl_zoo3.import_envs`` does. Call it before looking up an Atari id (``gym.spec``,
-    :func:`sb3_parallel_dqn.zoo.hyperparams.is_atari`, ``load_hyperparams``); without ``ale_py`` it does nothing.
+    Register the envs of the optional packages that are installed (ale-py's Atari games, MinAtar's games) with
+    gymnasium, as ``rl_zoo3.import_envs`` does. Call it before looking up such an id (``gym.spec``,
+    :func:`sb3_parallel_dqn.zoo.hyperparams.is_atari`, ``load_hyperparams``). See
+    :func:`sb3_parallel_dqn.envs.register_env_packages`, which env workers call for themselves.
     """
-    try:
-        import ale_py
-    except ImportError:
-        return
-    gym.register_envs(ale_py)
+    register_env_packages()
 
 
 def wrap_vec_env(

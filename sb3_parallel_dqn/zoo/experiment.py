@@ -32,6 +32,7 @@ from sb3_parallel_dqn.checkpoints import (
     vecnormalize_path,
 )
 from sb3_parallel_dqn.distributed import comm, lockstep, mesh
+from sb3_parallel_dqn.env_names import env_file_name
 from sb3_parallel_dqn.interrupt import stop_on_signals
 from sb3_parallel_dqn.parallel_dqn import ParallelDQN
 from sb3_parallel_dqn.validation import ConfigError, UnsupportedSpaceError, check_action_space
@@ -196,7 +197,7 @@ def train(args: argparse.Namespace) -> int:
             )
         if model.stopped_by_signal is not None:
             return save_interrupted(model, args, run_dir)
-        model_path = run_dir / f"{args.env}.zip"
+        model_path = run_dir / f"{env_file_name(args.env)}.zip"
         if args.save_replay_buffer:
             model.save_replay_buffer(replay_buffer_path(model_path))  # every rank, its own shard
         model.save(model_path)  # every rank (a split model is gathered), rank 0 writes
@@ -317,7 +318,7 @@ def final_evaluation(model: ParallelDQN, args: argparse.Namespace, settings: Env
 def evaluate(model: ParallelDQN, args: argparse.Namespace, settings: EnvSettings, run_dir: Path, seed: int | None) -> str:
     """Mean and std of the greedy policy's return over ``--final-eval-episodes`` episodes."""
     # The statistics saved with the run (the final ones), as evaluate.py would use them.
-    statistics = vecnormalize_path(run_dir / f"{args.env}.zip", args.env)
+    statistics = vecnormalize_path(run_dir / f"{env_file_name(args.env)}.zip", args.env)
     eval_env = make_eval_env(args.env, settings, seed=seed, vecnormalize_path=statistics)
     returns, _ = evaluate_policy(model, eval_env, n_eval_episodes=args.final_eval_episodes, return_episode_rewards=True)
     eval_env.close()

@@ -37,6 +37,8 @@ from stable_baselines3.common.utils import LinearSchedule
 from stable_baselines3.common.vec_env import VecNormalize
 
 from sb3_parallel_dqn import validation
+from sb3_parallel_dqn.frame_replay import FrameReplayBuffer, PrioritizedFrameReplayBuffer
+from sb3_parallel_dqn.policies import MinAtarCNN
 from sb3_parallel_dqn.prioritized_replay import PrioritizedReplayBuffer
 from sb3_parallel_dqn.validation import ConfigError
 
@@ -64,10 +66,15 @@ def _allowed_names() -> dict[str, object]:
         names[f"stable_baselines3.common.buffers.{buffer_class.__name__}"] = buffer_class
     for spelling in ("", "sb3_parallel_dqn.", "sb3_parallel_dqn.prioritized_replay."):
         names[f"{spelling}PrioritizedReplayBuffer"] = PrioritizedReplayBuffer
+    for spelling in ("", "sb3_parallel_dqn.", "sb3_parallel_dqn.frame_replay."):
+        names[f"{spelling}FrameReplayBuffer"] = FrameReplayBuffer
+        names[f"{spelling}PrioritizedFrameReplayBuffer"] = PrioritizedFrameReplayBuffer
     # ``policy_kwargs: "dict(features_extractor_class=NatureCNN)"``.
     for extractor_class in (NatureCNN, FlattenExtractor, CombinedExtractor):
         names[extractor_class.__name__] = extractor_class
         names[f"stable_baselines3.common.torch_layers.{extractor_class.__name__}"] = extractor_class
+    for spelling in ("", "sb3_parallel_dqn.", "sb3_parallel_dqn.policies."):
+        names[f"{spelling}MinAtarCNN"] = MinAtarCNN
     return names
 
 
@@ -454,8 +461,9 @@ def load_entry(
     ``default``. ``overrides`` (already-parsed values, e.g. from :func:`parse_override`) replace the entry's values
     before conversion, so they get the same checks. Conversions: integer keys accept integral floats
     (``!!float 1e5``); ``learning_rate: lin_<x>`` becomes :func:`linear_schedule`; a ``train_freq`` list becomes a tuple;
-    ``*_kwargs`` strings go through :func:`parse_literal`; ``replay_buffer_class`` names an SB3 buffer or
-    ``PrioritizedReplayBuffer``; ``normalize`` becomes a bool or a dict of ``VecNormalize`` arguments;
+    ``*_kwargs`` strings go through :func:`parse_literal`; ``replay_buffer_class`` names an SB3 buffer,
+    ``PrioritizedReplayBuffer``, ``FrameReplayBuffer`` or ``PrioritizedFrameReplayBuffer``; ``normalize`` becomes a
+    bool or a dict of ``VecNormalize`` arguments;
     ``env_wrapper``, ``vec_env_wrapper`` and ``callback`` are checked by :func:`class_entries` but kept as written;
     ``n_envs`` defaults to 1. Script-level keys (``n_timesteps``, ``n_envs``, ``policy``, ``frame_stack``,
     ``env_wrapper``, ``normalize``, ``vec_env_wrapper``, ``callback``, ``env_kwargs``, ``vec_env``) stay in the

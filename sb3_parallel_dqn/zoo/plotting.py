@@ -32,6 +32,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
 
+from sb3_parallel_dqn.env_names import env_file_name
 from sb3_parallel_dqn.zoo import ALGO as DEFAULT_ALGO
 
 DEFAULT_OUTPUT = "learning_curves.png"
@@ -183,19 +184,19 @@ def find_runs(log_folder: str | Path, algo: str, env_id: str, exp_ids: list[int]
     :param exp_ids: the ids to keep (0: the latest, as in the zoo); None for all
     :raise RunError: when there is no run, or a requested id does not exist
     """
-    algo_dir = Path(log_folder) / algo
+    algo_dir, name = Path(log_folder) / algo, env_file_name(env_id)
     runs: dict[int, list[Path]] = {}
-    for path in sorted(algo_dir.glob(f"{env_id}_*")):
+    for path in sorted(algo_dir.glob(f"{name}_*")):
         # "<env>_<id>" or, with the zoo's --uuid, "<env>_<id>_<uuid>": the id is the first field after the env id.
-        head = path.name[len(env_id) + 1 :].split("_", 1)[0]
+        head = path.name[len(name) + 1 :].split("_", 1)[0]
         if head.isdigit() and path.is_dir():
             runs.setdefault(int(head), []).append(path)
     if not runs:
-        raise RunError(f"no run folder {algo_dir / env_id}_<id>")
+        raise RunError(f"no run folder {algo_dir / name}_<id>")
     wanted = sorted(runs) if exp_ids is None else [max(runs) if exp_id == 0 else exp_id for exp_id in exp_ids]
     missing = [exp_id for exp_id in wanted if exp_id not in runs]
     if missing:
-        raise RunError(f"no run folder {algo_dir / env_id}_{missing[0]} (ids found: {sorted(runs)})")
+        raise RunError(f"no run folder {algo_dir / name}_{missing[0]} (ids found: {sorted(runs)})")
     return [path for exp_id in wanted for path in runs[exp_id]]
 
 

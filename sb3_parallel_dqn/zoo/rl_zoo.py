@@ -60,7 +60,7 @@ from sb3_parallel_dqn.callbacks import GlobalProgressBarCallback
 from sb3_parallel_dqn.checkpoints import save_vecnormalize
 from sb3_parallel_dqn.distributed import comm, lockstep
 from sb3_parallel_dqn.distributed.devices import set_torch_threads
-from sb3_parallel_dqn.envs import make_parallel_vec_env
+from sb3_parallel_dqn.envs import make_parallel_vec_env, register_env_packages
 from sb3_parallel_dqn.parallel_dqn import ParallelDQN
 from sb3_parallel_dqn.zoo import ALGO
 from sb3_parallel_dqn.zoo.hyperparams import DEFAULT_CONF_FILE
@@ -245,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import rl_zoo3.train
 
+    # rl_zoo3's import_envs knows ale-py but not MinAtar, whose ids gymnasium >= 1.0 only has once registered.
+    register_env_packages()
     # A leading default, so that the user's own --algo (argparse keeps the last one) still wins.
     zoo_argv = ["python -m sb3_parallel_dqn.zoo", "--algo", ALGO, *argv]
     try:

@@ -5,7 +5,8 @@ A run folder holds the final model ``<env>.zip``, ``best_model.zip`` and ``evalu
 checkpoints ``rl_model_<N>_steps.zip`` (see :mod:`sb3_parallel_dqn.checkpoints`), one monitor file per env of
 each rank ``<rank>.<env index>.monitor.csv``, ``command.txt`` (the command, with the world size) and
 ``<env>/``: ``config.yml`` (the hyperparameters used), ``args.yml`` (the script's arguments) and
-``vecnormalize.pkl`` when the envs are normalized.
+``vecnormalize.pkl`` when the envs are normalized. ``<env>`` is the env id with ``/`` as ``-``, as in the zoo
+(``MinAtar-Breakout-v1_1/MinAtar-Breakout-v1.zip``): see :func:`sb3_parallel_dqn.env_names.env_file_name`.
 
 ``config.yml`` is itself a zoo-format hyperparameter file with one entry, the env id: its values are those of the
 config entry with the command-line overrides applied, as text the loader reads back. Evaluation and resumed runs
@@ -21,16 +22,17 @@ from typing import Any
 import yaml
 
 from sb3_parallel_dqn.checkpoints import list_checkpoints
+from sb3_parallel_dqn.env_names import env_file_name
 from sb3_parallel_dqn.zoo import ALGO
 
 
 def run_ids(log_folder: str | os.PathLike[str], env_id: str, algo: str = ALGO) -> dict[int, pathlib.Path]:
     """The run folders ``<log_folder>/<algo>/<env_id>_<id>[_<uuid>]`` that exist, by id."""
-    algo_dir = pathlib.Path(log_folder) / algo
+    algo_dir, name = pathlib.Path(log_folder) / algo, env_file_name(env_id)
     found = {}
-    for path in algo_dir.glob(f"{env_id}_*"):
+    for path in algo_dir.glob(f"{name}_*"):
         # "<env>_<id>" or "<env>_<id>_<uuid>": the id is the first field after the env id.
-        head = path.name[len(env_id) + 1 :].split("_", 1)[0]
+        head = path.name[len(name) + 1 :].split("_", 1)[0]
         if path.is_dir() and head.isdigit():
             found[int(head)] = path
     return dict(sorted(found.items()))
@@ -39,7 +41,7 @@ def run_ids(log_folder: str | os.PathLike[str], env_id: str, algo: str = ALGO) -
 def next_run_dir(log_folder: str | os.PathLike[str], env_id: str, uuid_str: str = "") -> pathlib.Path:
     """``<log_folder>/parallel_dqn/<env>_<n + 1><uuid_str>`` where n is the largest existing id (zoo layout)."""
     last = max(run_ids(log_folder, env_id), default=0)
-    return pathlib.Path(log_folder) / ALGO / f"{env_id}_{last + 1}{uuid_str}"
+    return pathlib.Path(log_folder) / ALGO / f"{env_file_name(env_id)}_{last + 1}{uuid_str}"
 
 
 def find_run_dir(log_folder: str | os.PathLike[str], env_id: str, exp_id: int = 0, algo: str = ALGO) -> pathlib.Path:
@@ -83,7 +85,7 @@ def model_path(
             raise FileNotFoundError(f"no checkpoint at step {step} in {run_dir} (steps: {list(checkpoints)})")
         path = checkpoints[step]
     else:
-        path = run_dir / f"{env_id}.zip"
+        path = run_dir / f"{env_file_name(env_id)}.zip"
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
     return path
@@ -91,7 +93,7 @@ def model_path(
 
 def saved_config_path(run_dir: str | os.PathLike[str], env_id: str) -> pathlib.Path:
     """``<run_dir>/<env>/config.yml``."""
-    return pathlib.Path(run_dir) / env_id / "config.yml"
+    return pathlib.Path(run_dir) / env_file_name(env_id) / "config.yml"
 
 
 def write_run_files(
@@ -110,11 +112,12 @@ def write_run_files(
     :param args: the script's arguments
     :param command: the command line, with ``mpirun -np W`` when under MPI
     """
-    (run_dir / env_id).mkdir(parents=True, exist_ok=True)
+    env_dir = run_dir / env_file_name(env_id)
+    env_dir.mkdir(parents=True, exist_ok=True)
     header = f"# Hyperparameters of this run: {source}, with command-line overrides applied.\n"
     body = yaml.safe_dump({env_id: entry}, sort_keys=False)
-    (run_dir / env_id / "config.yml").write_text(header + body)
-    (run_dir / env_id / "args.yml").write_text(yaml.safe_dump(args))
+    (env_dir / "config.yml").write_text(header + body)
+    (env_dir / "args.yml").write_text(yaml.safe_dump(args))
     (run_dir / "command.txt").write_text(command + "\n")
 
 
