@@ -67,6 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "median of SB3's final returns, i.e. time to the return SB3 reaches with the budget")  # fmt: skip
     parser.add_argument("--reuse", action="store_true",
                         help="reuse the results in --out an earlier driver made with the same worker command")  # fmt: skip
+    parser.add_argument("--no-run", action="store_true",
+                        help="run nothing: summarise the results in --out made with the same worker commands")  # fmt: skip
     parser.add_argument("--profile-steps", type=int, default=None,
                         help="gradient steps timed part by part after training (default: 200; --quick: 100)")  # fmt: skip
     parser.add_argument("--quick", action="store_true",

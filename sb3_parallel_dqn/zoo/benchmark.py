@@ -486,8 +486,6 @@ def library_versions() -> dict[str, str | None]:
 def run_driver(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if args.threshold == SB3_THRESHOLD and "sb3" not in args.configs:
-        raise SystemExit("--threshold sb3 needs the sb3 configuration in --configs")
     results: dict[str, list[dict[str, Any]]] = {config: [] for config in args.configs}
     commands = []
     for seed in args.seeds:
@@ -495,7 +493,10 @@ def run_driver(args: argparse.Namespace) -> int:
             result_file = out / f"{config}_seed{seed}.json"
             command = command_for(config, seed, args, result_file)
             commands.append(shlex.join(command))
-            result = reusable_result(result_file, shlex.join(command)) if args.reuse else None
+            result = reusable_result(result_file, shlex.join(command)) if args.reuse or args.no_run else None
+            if result is None and args.no_run:
+                print(f"{config} seed {seed}: no result of this command in {out}, left out", flush=True)
+                continue
             if result is None:
                 if not run_job(command, f"{config} seed {seed}", args.timeout):
                     return 1
@@ -511,8 +512,11 @@ def run_driver(args: argparse.Namespace) -> int:
                 f"final {result['final_mean_return']:.1f}",
                 flush=True,
             )
+    results = {config: runs for config, runs in results.items() if runs}
     threshold = resolve_threshold(args.threshold, args.env)
     if args.threshold == SB3_THRESHOLD:
+        if "sb3" not in results:
+            raise SystemExit("--threshold sb3 needs results of the sb3 configuration (--configs sb3 ...)")
         threshold = float(np.median([r["final_mean_return"] for r in results["sb3"]]))
     for runs in results.values():
         for result in runs:
