@@ -175,6 +175,7 @@ def test_prioritized_frame_buffer_samples_as_the_prioritized_buffer(n_envs: int)
         assert np.array_equal(my_leaves, their_leaves) and np.array_equal(my_weights, their_weights)
 
 
+@pytest.mark.slow
 def test_training_with_it_equals_training_with_sb3s_buffer(tmp_path) -> None:
     """SB3's DQN and ParallelDQN, one process: the same weights with either buffer, and a save/load round trip."""
     weights = {}

@@ -19,6 +19,7 @@ pytest.importorskip("minatar")
 GAMES = ["Breakout", "SpaceInvaders", "Asterix", "Freeway", "Seaquest"]
 
 
+@pytest.mark.slow
 def test_env_workers_register_the_ids_themselves() -> None:
     """A spawn worker starts as a fresh interpreter, where gymnasium >= 1.0 does not know MinAtar's ids."""
     env = make_parallel_vec_env("MinAtar/Breakout-v1", n_envs=2, seed=0, vec_env_cls="subproc",
@@ -30,6 +31,7 @@ def test_env_workers_register_the_ids_themselves() -> None:
         env.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dueling", [False, True])
 def test_the_papers_network_from_the_config_entries(dueling: bool) -> None:
     """Each game's entry names MinAtarCNN: conv 3x3x16, 128 units, then the Q-values (one linear layer)."""
