@@ -222,14 +222,15 @@ def split_hyperparams(hyperparams: dict[str, Any]) -> tuple[dict[str, Any], EnvS
     return model_kwargs, settings
 
 
-def register_optional_envs() -> None:
+def register_optional_envs(env_id: str | None = None) -> None:
     """
     Register the envs of the optional packages that are installed (ale-py's Atari games, MinAtar's games) with
     gymnasium, as ``rl_zoo3.import_envs`` does. Call it before looking up such an id (``gym.spec``,
-    :func:`sb3_parallel_dqn.zoo.hyperparams.is_atari`, ``load_hyperparams``). See
+    :func:`sb3_parallel_dqn.zoo.hyperparams.is_atari`, ``load_hyperparams``). With ``env_id``, only what that id
+    needs (MinAtar's package imports pandas and seaborn: not for every CartPole run). See
     :func:`sb3_parallel_dqn.envs.register_env_packages`, which env workers call for themselves.
     """
-    register_env_packages()
+    register_env_packages(env_id)
 
 
 def wrap_vec_env(

@@ -51,7 +51,7 @@ def prepare(args: argparse.Namespace, seed: int) -> tuple[ParallelDQN, VecEnv, s
     Check the inputs, load the model and build its env seeded with ``seed``; return them with a line saying what was
     loaded. Every bad input raises one of :data:`BAD_INPUT_ERRORS`.
     """
-    register_optional_envs()
+    register_optional_envs(args.env)
     try:
         gym.spec(args.env)
     except gym.error.Error as error:

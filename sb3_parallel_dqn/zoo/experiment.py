@@ -54,7 +54,7 @@ class Setup:
     """Everything read and checked before any collective: a bad input ends every rank the same way, with exit code 2."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        register_optional_envs()
+        register_optional_envs(args.env)
         gym.spec(args.env)
         if args.trained_agent:
             check_model_file(args.trained_agent)
