@@ -113,9 +113,9 @@ N_STEPS_IGNORED_WARNING = Internal(
 N_STEPS_IGNORED_MESSAGE = r"`n_steps=\d+` is ignored because a custom `replay_buffer_class`"
 OBSERVATION_GATHERS = Internal(
     "stable_baselines3.common.buffers:NStepReplayBuffer._get_samples",
-    "ReplayBuffer/NStepReplayBuffer._get_samples (and ReplayBuffer.add) reach the stored observations only as "
-    "self.observations[rows, envs(, :)] and self.next_observations[rows, envs(, :)] with integer arrays (and "
-    "assignments at [pos]): FrameReplayBuffer puts objects there that rebuild the stacks, so that SB3's own sampling "
+    "ReplayBuffer/NStepReplayBuffer._get_samples reach the stored observations only as "
+    "self.observations[rows, envs(, :)] and self.next_observations[rows, envs(, :)] with integer arrays: "
+    "FrameReplayBuffer puts objects there that rebuild the stacks, so that SB3's own n-step and prioritized sampling "
     "code runs on frames stored once",
 )
 

@@ -20,6 +20,7 @@ from stable_baselines3.common.buffers import NStepReplayBuffer, ReplayBuffer
 from stable_baselines3.common.vec_env import DummyVecEnv, VecFrameStack
 
 from sb3_parallel_dqn import FrameReplayBuffer, ParallelDQN, PrioritizedFrameReplayBuffer, PrioritizedReplayBuffer
+from sb3_parallel_dqn.memory import replay_buffer_nbytes
 
 
 class FrameEnv(gym.Env):
@@ -130,7 +131,7 @@ def test_look_alike_resets_several_channels_and_saved_buffers() -> None:
 def test_each_frame_stored_once() -> None:
     """1M Atari transitions (4 x 84 x 84) in <= 7.5 GB; here scaled down and measured on a filled buffer."""
     space = spaces.Box(0, 255, (4, 84, 84), np.uint8)
-    per_transition = FrameReplayBuffer(10_000, space, spaces.Discrete(6), "cpu").nbytes() / 10_000
+    per_transition = replay_buffer_nbytes(FrameReplayBuffer(10_000, space, spaces.Discrete(6), "cpu")) / 10_000
     assert 1e6 * per_transition <= 7.5e9
     # SB3's buffer: two stacks of four frames per transition.
     assert per_transition < ReplayBuffer(100, space, spaces.Discrete(6), "cpu").observations[0, 0].nbytes * 2 / 7

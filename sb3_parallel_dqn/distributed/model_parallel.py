@@ -32,6 +32,7 @@ from sb3_parallel_dqn.distributed.tensor_parallel import (
     shard_rule,
     sharded_modules,
 )
+from sb3_parallel_dqn.memory import replay_buffer_nbytes
 
 if TYPE_CHECKING:
     from stable_baselines3 import DQN
@@ -192,17 +193,9 @@ def memory_report(model: DQN) -> dict[str, int]:
         optimizer = update.exp_avg_buffer.nbytes + update.exp_avg_sq_buffer.nbytes
     else:
         optimizer = sum(t.nbytes for state in update.optimizer.state.values() for t in state.values() if th.is_tensor(t))
-    buffer = model.replay_buffer
-    replay = 0 if buffer is None else sum(_nbytes(value) for value in vars(buffer).values())
-    return {"parameters": parameters, "gradients": update.grad_buffer.nbytes, "optimizer": optimizer, "replay_buffer": replay}
-
-
-def _nbytes(value: Any) -> int:
-    # Arrays, and the stores of FrameReplayBuffer that count their own (its stacked views count 0: no copy).
-    if isinstance(getattr(value, "nbytes", None), int):
-        return int(value.nbytes)
-    if isinstance(value, dict):
-        return sum(_nbytes(item) for item in value.values())
-    if isinstance(value, list | tuple):
-        return sum(_nbytes(item) for item in value)
-    return sum(_nbytes(item) for item in vars(value).values()) if hasattr(value, "_levels") else 0
+    return {
+        "parameters": parameters,
+        "gradients": update.grad_buffer.nbytes,
+        "optimizer": optimizer,
+        "replay_buffer": replay_buffer_nbytes(model.replay_buffer),
+    }

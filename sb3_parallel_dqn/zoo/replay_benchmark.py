@@ -16,9 +16,10 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+
+from sb3_parallel_dqn.memory import replay_buffer_nbytes
 
 
 def stacked_transitions(n: int, seed: int = 0, stack: int = 4, size: int = 84):
@@ -38,15 +39,6 @@ def stacked_transitions(n: int, seed: int = 0, stack: int = 4, size: int = 84):
             remaining = int(rng.integers(100, 1001))
         else:
             obs = next_obs
-
-
-def buffer_bytes(buffer: Any) -> int:
-    from sb3_parallel_dqn.frame_replay import FrameReplayBuffer
-
-    if isinstance(buffer, FrameReplayBuffer):
-        return buffer.nbytes()
-    arrays = [buffer.observations, buffer.actions, buffer.rewards, buffer.dones, buffer.timeouts]
-    return sum(a.nbytes for a in [*arrays, getattr(buffer, "next_observations", np.zeros(0))])
 
 
 def run_replay(args: argparse.Namespace) -> int:
@@ -90,7 +82,7 @@ def run_replay(args: argparse.Namespace) -> int:
             for _ in range(args.replay_samples):
                 buffer.sample(args.replay_batch)
             times.append((time.perf_counter() - t0) / args.replay_samples)
-        rows.append({"buffer": name, "bytes": buffer_bytes(buffer), "sample_us": 1e6 * float(np.median(times)),
+        rows.append({"buffer": name, "bytes": replay_buffer_nbytes(buffer), "sample_us": 1e6 * float(np.median(times)),
                      "add_us": 1e6 * add_seconds[name] / n})  # fmt: skip
     base = rows[0]
     lines = [
