@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sb3_parallel_dqn.scaling import SCALING_MODES
 from sb3_parallel_dqn.zoo.experiment import train
 from sb3_parallel_dqn.zoo.hyperparams import DEFAULT_CONF_FILE
 
@@ -64,6 +65,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--shard-optimizer", action="store_true", default=None,
         help="shard Adam's state over the data-parallel ranks, ZeRO-1 (overrides the config's shard_optimizer)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--scaling", choices=SCALING_MODES, default=None,
+        help="how batch, updates and learning rate follow the number of ranks (overrides the config's scaling; "
+        "see sb3_parallel_dqn.scaling): none, sqrt (holds steps to a return), strong (the tuned global dynamics)",
     )  # fmt: skip
     parser.add_argument("--verbose", type=int, default=1, help="0: quiet, 1: training logs")
     parser.add_argument(

@@ -42,8 +42,10 @@ from stable_baselines3.common.vec_env import (
     is_vecenv_wrapped,
 )
 
+from sb3_parallel_dqn.distributed import comm
 from sb3_parallel_dqn.envs import make_parallel_vec_env, register_env_packages
 from sb3_parallel_dqn.frame_replay import FrameReplayBuffer
+from sb3_parallel_dqn.scaling import scale_to_world
 from sb3_parallel_dqn.validation import ConfigError
 from sb3_parallel_dqn.zoo.hyperparams import class_entries
 
@@ -186,7 +188,8 @@ def split_hyperparams(hyperparams: dict[str, Any]) -> tuple[dict[str, Any], EnvS
     name fails before any env is built. ``normalize`` becomes ``VecNormalize`` keyword arguments; as in the zoo,
     the entry's ``gamma``, when it has one, replaces theirs, so that rewards are normalised with the discount the
     model uses. A :class:`~sb3_parallel_dqn.FrameReplayBuffer` gets the entry's ``frame_stack`` (unless
-    ``replay_buffer_kwargs`` name one).
+    ``replay_buffer_kwargs`` name one). ``scaling`` applies its rule (:func:`sb3_parallel_dqn.scaling.scale_to_world`)
+    for this job's data-parallel ranks to values tuned for ``tuned_world_size``.
 
     :param hyperparams: the converted entry; not modified
     :return: the model's keyword arguments and the env settings
@@ -212,6 +215,14 @@ def split_hyperparams(hyperparams: dict[str, Any]) -> tuple[dict[str, Any], EnvS
         normalize_kwargs=normalize_kwargs,
         callbacks=resolve_classes(model_kwargs.pop("callback", None), "callback", BaseCallback),
     )
+    scaling, tuned_world_size = model_kwargs.pop("scaling", "none"), model_kwargs.pop("tuned_world_size", 1)
+    if scaling != "none":
+        # As the launcher announced the job: no collective here (evaluation and checks call this on one rank).
+        ranks = (comm.launcher_world_size() or comm.world_size()) // int(model_kwargs.get("model_parallel_size", 1))
+        try:
+            model_kwargs = scale_to_world(model_kwargs, scaling, max(ranks, 1), tuned_world_size)
+        except ValueError as error:
+            raise ConfigError(str(error), key="scaling") from None
     buffer_class = model_kwargs.get("replay_buffer_class")
     if settings.frame_stack and isinstance(buffer_class, type) and issubclass(buffer_class, FrameReplayBuffer):
         # The buffer stores the frames that VecFrameStack stacks: tell it how many, unless the entry does.

@@ -72,7 +72,7 @@ class Setup:
             overrides[key] = value
             raw_overrides[key] = yaml_value(value, item.partition(":")[2].strip())
         flags = ("n_envs", args.n_envs), ("vec_env", args.vec_env), ("model_parallel_size", args.model_parallel_size)
-        for key, value in (*flags, ("shard_optimizer", args.shard_optimizer)):
+        for key, value in (*flags, ("shard_optimizer", args.shard_optimizer), ("scaling", args.scaling)):
             if value is not None:
                 overrides[key] = raw_overrides[key] = value
         entry = load_entry(args.env, conf_file, overrides, raw_overrides)

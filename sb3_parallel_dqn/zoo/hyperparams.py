@@ -40,6 +40,7 @@ from sb3_parallel_dqn import validation
 from sb3_parallel_dqn.frame_replay import FrameReplayBuffer, PrioritizedFrameReplayBuffer
 from sb3_parallel_dqn.policies import MinAtarCNN
 from sb3_parallel_dqn.prioritized_replay import PrioritizedReplayBuffer
+from sb3_parallel_dqn.scaling import SCALING_MODES
 from sb3_parallel_dqn.validation import ConfigError
 
 __all__ = ["ConfigError", "Entry", "load_entry", "load_hyperparams", "parse_literal", "parse_override"]
@@ -383,6 +384,9 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "vec_env_wrapper": _class_key("vec_env_wrapper"),
     "callback": _class_key("callback"),
     "vec_env": _one_of("subproc", "dummy"),
+    # The rule for other world sizes (sb3_parallel_dqn.scaling), and the data-parallel ranks the entry was tuned for
+    "scaling": _one_of(*SCALING_MODES),
+    "tuned_world_size": validation.int_at_least(1),
 }
 
 #: Every key a hyperparameter entry may hold.

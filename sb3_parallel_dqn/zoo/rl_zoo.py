@@ -62,6 +62,7 @@ from sb3_parallel_dqn.distributed import comm, lockstep
 from sb3_parallel_dqn.distributed.devices import set_torch_threads
 from sb3_parallel_dqn.envs import make_parallel_vec_env, register_env_packages
 from sb3_parallel_dqn.parallel_dqn import ParallelDQN
+from sb3_parallel_dqn.scaling import scale_to_world
 from sb3_parallel_dqn.zoo import ALGO
 from sb3_parallel_dqn.zoo.hyperparams import DEFAULT_CONF_FILE
 
@@ -176,6 +177,16 @@ class _ParallelExperimentManager(_ManagerBase):
             # The zoo set the threads before building the model, whose constructor then picked its own default.
             set_torch_threads(self.args.num_threads)
         return result
+
+    def _preprocess_hyperparams(self, hyperparams: dict[str, Any]) -> tuple[Any, ...]:
+        kwargs, *rest = super()._preprocess_hyperparams(hyperparams)
+        # This project's rule for other world sizes (its entries say what they were tuned for), as scripts/train.py
+        # applies it; the zoo would hand the two keys to the constructor.
+        scaling, tuned_world_size = kwargs.pop("scaling", "none"), kwargs.pop("tuned_world_size", 1)
+        if scaling != "none":
+            ranks = self._world_size // int(kwargs.get("model_parallel_size", 1))
+            kwargs = scale_to_world(kwargs, scaling, max(ranks, 1), tuned_world_size)
+        return (kwargs, *rest)
 
     def create_envs(self, n_envs: int, eval_env: bool = False, no_log: bool = False) -> VecEnv:
         import rl_zoo3.exp_manager
