@@ -164,6 +164,23 @@ def replay_buffer_shards(model_path: str | os.PathLike[str]) -> tuple[list[pathl
     return [rank_path(base, rank, world_size) for rank in range(world_size)], world_size
 
 
+def shard_for_rank(shards: list[pathlib.Path], rank: int, world_size: int) -> pathlib.Path:
+    """
+    The replay buffer shard that rank ``rank`` of a ``world_size``-rank job resumes from, when ``len(shards)`` ranks
+    saved them: shard ``rank mod len(shards)``. With as many ranks, each its own; with fewer, ranks keep the first
+    shards (``buffer_size`` is per rank, so fewer ranks hold less in all) and the others are left out; with more, the
+    extra ranks start from copies of the first ones, so that every rank has transitions to sample from its first
+    update (the shards are i.i.d. collections of the same policy, and each rank samples its copy differently).
+    """
+    if world_size > len(shards) and world_size % len(shards):
+        # Copies would then be uneven (some shards twice, others once): each shard's data would weigh differently.
+        raise ValueError(
+            f"{len(shards)} replay buffer shard(s) cannot be shared evenly by {world_size} ranks: resume with a "
+            f"multiple of {len(shards)} ranks, at most {len(shards)}, or move the replay buffer files away"
+        )
+    return shards[rank % len(shards)]
+
+
 def list_checkpoints(folder: str | os.PathLike[str]) -> dict[int, pathlib.Path]:
     """The ``rl_model_<N>_steps.zip`` files of a run folder, by N."""
     found = {}

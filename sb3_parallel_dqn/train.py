@@ -17,8 +17,9 @@ returns. ``--save-freq`` writes atomic checkpoints (with ``--save-replay-buffer`
 from the saved counters, each rank reloads its replay buffer shard when one was saved, and without ``-n`` the run
 ends where the original one was meant to end. ``-n N`` trains N more global steps instead (the schedules then
 stretch over the longer run). The env settings come from the saved run's ``<env>/config.yml`` unless ``-conf`` is
-given. A different world size is fine for the model; replay buffer shards only load with the world size that
-wrote them (each rank's buffer holds different transitions). What it does: :mod:`sb3_parallel_dqn.zoo.experiment`.
+given. Another world size works too: rank r reloads replay buffer shard r mod (the ranks that saved them), so fewer
+ranks leave the last shards out and more ranks start from copies
+(:func:`sb3_parallel_dqn.checkpoints.shard_for_rank`). What it does: :mod:`sb3_parallel_dqn.zoo.experiment`.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from stable_baselines3 import DQN
 from stable_baselines3.common.evaluation import evaluate_policy
 
 from sb3_parallel_dqn.checkpoints import (
@@ -29,6 +30,7 @@ from sb3_parallel_dqn.checkpoints import (
     replay_buffer_shards,
     save_checkpoint,
     save_vecnormalize,
+    shard_for_rank,
     vecnormalize_path,
 )
 from sb3_parallel_dqn.distributed import comm, lockstep, mesh
@@ -221,17 +223,21 @@ def report(error: Exception) -> int:
 
 
 def resumable_shards(trained_agent: str, world_size: int) -> list[Path]:
-    """The replay buffer shards saved with ``trained_agent``, if this job can load them (one per rank)."""
+    """The replay buffer shards saved with ``trained_agent`` (one per rank that saved them), if this job can share them."""
     try:
         shards, shard_world_size = replay_buffer_shards(trained_agent)
+        if shards:
+            shard_for_rank(shards, 0, world_size)  # every rank checks alike, before any env is built
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    if shards and shard_world_size != world_size:
-        raise ConfigError(
-            f"the replay buffer next to {trained_agent} was saved by {shard_world_size} rank(s), this job has "
-            f"{world_size}: each rank reloads its own shard, so resume with mpirun -np {shard_world_size}, or move the "
-            "replay buffer files away to resume with empty buffers"
+    if shards and shard_world_size != world_size and comm.is_root():
+        kept = (
+            "the extra ranks start from copies of them"
+            if world_size > len(shards)
+            else (f"shards {world_size}-{len(shards) - 1} are left out (buffer_size is per rank)")
         )
+        print(f"Replay buffers saved by {shard_world_size} rank(s), resumed on {world_size}: rank r loads shard "
+              f"r mod {shard_world_size}; {kept}")  # fmt: skip
     return shards
 
 
@@ -267,7 +273,8 @@ def build_model(args: argparse.Namespace, setup: Setup, env: Any, shards: list[P
     except ValueError as error:  # SB3: "Observation spaces do not match", "Action spaces do not match"
         raise ConfigError(f"--trained-agent {args.trained_agent} does not fit {args.env} as configured: {error}") from None
     if shards:
-        model.load_replay_buffer(replay_buffer_path(args.trained_agent))
+        # This rank's shard, by name (ParallelDQN.load_replay_buffer would add this job's rank suffix itself).
+        DQN.load_replay_buffer(model, shard_for_rank(shards, comm.rank(), comm.world_size()))
         buffer = model.replay_buffer
         assert buffer is not None
         if buffer.n_envs != env.num_envs or buffer.obs_shape != model.observation_space.shape:

@@ -2,7 +2,7 @@
 SubprocVecEnv workers (SB3's default forkserver start method); record what each rank saw.
 
 For every gradient step each rank records the largest raw importance weight of its own batch and the one it divided
-by, which must be the largest over both ranks.
+by, which must be the largest over all ranks.
 """
 
 import json
@@ -15,13 +15,13 @@ from sb3_parallel_dqn import ParallelDQN, PrioritizedReplayBuffer
 from sb3_parallel_dqn.distributed import comm
 
 
-def run(out_dir: Path) -> None:
+def run(out_dir: Path, vec_env_cls: str = "subproc") -> None:
     rank = comm.rank()
     model = ParallelDQN(
         "MlpPolicy",
         "CartPole-v1",
         n_envs=2,
-        vec_env_cls="subproc",
+        vec_env_cls=vec_env_cls,
         learning_starts=200,
         train_freq=8,
         gradient_steps=4,
