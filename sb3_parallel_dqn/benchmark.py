@@ -80,6 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sb3-params", nargs="+", default=[], metavar="KEY:VALUE",
                         help="overrides applied to SB3 DQN only, e.g. to run it on the zoo's own values")  # fmt: skip
     parser.add_argument("--torch-threads", type=int, default=1, help="torch threads per process (every configuration)")
+    parser.add_argument("--device", default="cpu", help="torch device of every configuration (auto: GPUs by local rank)")
     parser.add_argument("--out", default="bench", help="output folder")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per run")
     parser.add_argument("--parallelism", action="store_true",

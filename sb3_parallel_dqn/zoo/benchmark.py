@@ -211,7 +211,7 @@ def run_worker(args: argparse.Namespace) -> None:
     algo = DQN if args.worker == "sb3" else ParallelDQN
     if algo is ParallelDQN:
         model_kwargs["torch_num_threads"] = args.torch_threads
-    model = algo(settings.policy, env, seed=args.seed, device="cpu", **model_kwargs)
+    model = algo(settings.policy, env, seed=args.seed, device=args.device, **model_kwargs)
     callback = TimedEval()
     model.learn(n_timesteps, callback=callback)
     train_seconds = callback.training_seconds()
@@ -293,6 +293,8 @@ def command_for(config: str, seed: int, args: argparse.Namespace, result: Path) 
     worker += ["--profile-steps", str(args.profile_steps)]
     if args.torch_threads != 1:
         worker += ["--torch-threads", str(args.torch_threads)]
+    if args.device != "cpu":
+        worker += ["--device", args.device]
     if args.conf_file:
         worker += ["--conf-file", args.conf_file]
     if args.sb3_conf_file:

@@ -51,6 +51,7 @@ def train(out_dir: Path) -> None:
         "MlpPolicy",
         "CartPole-v1",
         n_envs=2,
+        vec_env_cls="dummy",
         learning_starts=256,
         train_freq=8,
         gradient_steps=2,
