@@ -96,6 +96,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--replay-batch", type=int, default=32, help="--replay: the batch of each sample()")
     parser.add_argument("--replay-samples", type=int, default=2_000, help="--replay: sample() calls timed per repeat")
     parser.add_argument("--replay-repeats", type=int, default=5, help="--replay: repeats (the median is reported)")
+    parser.add_argument("--scaling-report", nargs="+", default=None, metavar="MODE=FOLDER",
+                        help="instead: steps to a stable solve by world size from these output folders (one per "
+                             "scaling mode, with pdqn-<W> runs), and the projected time on W cores")  # fmt: skip
+    parser.add_argument("--costs", default=None,
+                        help="--scaling-report: a folder of pdqn-2 runs on an unloaded machine (per-rank costs)")  # fmt: skip
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--net", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--layout", default=None, choices=list(LAYOUTS), help=argparse.SUPPRESS)
@@ -116,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         run_worker(args)
         return 0
+    if args.scaling_report:
+        from sb3_parallel_dqn.zoo.scaling_report import run_scaling_report
+
+        return run_scaling_report(args)
     if args.replay:
         from sb3_parallel_dqn.zoo.replay_benchmark import run_replay
 

@@ -1,5 +1,6 @@
 """The rule for other world sizes (sb3_parallel_dqn.scaling) and its option in the zoo layer."""
 
+import json
 import math
 import pickle
 
@@ -92,3 +93,31 @@ def test_the_zoo_option_applies_the_rule_for_the_launchers_world_size(monkeypatc
     monkeypatch.setattr(comm, "launcher_world_size", lambda: 3)
     with pytest.raises(ConfigError, match="does not divide"):
         split_hyperparams(load_hyperparams("CartPole-v1", overrides={"scaling": "strong"})[0])
+
+
+def write_runs(folder, threshold, runs_by_config):
+    folder.mkdir()
+    results = {config: [{"curve": curve, "n_updates": updates, "num_timesteps": 10_000, "final_mean_return": 1.0}
+                        for curve, updates in runs] for config, runs in runs_by_config.items()}  # fmt: skip
+    (folder / "results.json").write_text(json.dumps({"threshold": threshold, "results": results}))
+
+
+def test_scaling_report_steps_to_p1_and_projection(tmp_path):
+    from sb3_parallel_dqn.zoo.scaling_report import projected_seconds, scaling_rows, scaling_table, steps_to_p1
+
+    # P1: the second of the first two evaluations in a row at the threshold
+    assert steps_to_p1([(1000, 1.0, 500.0), (2000, 2.0, 100.0), (3000, 3.0, 480.0), (4000, 4.0, 475.0)], 475) == 4000
+    assert steps_to_p1([(1000, 1.0, 500.0), (2000, 2.0, 100.0)], 475) is None
+    solved = [(1000, 0.0, 480.0), (2000, 0.0, 490.0)]
+    never = [(1000, 0.0, 10.0), (2000, 0.0, 20.0)]
+    write_runs(tmp_path / "none", 475, {"pdqn-2": [(solved, 2500)] * 3, "pdqn-8": [(never, 625)] * 2 + [(solved, 625)]})
+    write_runs(tmp_path / "sqrt", 475, {"pdqn-8": [(solved, 1250)] * 3, "sb3": [(solved, 10_000)]})
+    costs = {"t_step": 1e-4, "t_update": 5e-4, "t_sync2": 1e-4}
+    rows = scaling_rows({"none": tmp_path / "none", "sqrt": tmp_path / "sqrt"}, costs)
+    assert [(row["mode"], row["world_size"]) for row in rows] == [("none", 2), ("none", 8), ("sqrt", 8)]
+    assert rows[0]["median_steps"] == 2000 and rows[1]["median_steps"] == math.inf and rows[1]["solved"] == 1
+    # T = S / W * t_step + S * updates per step * (t_update + t_sync(2) * log2 W)
+    assert rows[2]["projected_s"] == pytest.approx(2000 / 8 * 1e-4 + 2000 * 0.125 * (5e-4 + 3e-4))
+    assert projected_seconds(2000, 1, 0.25, costs) == pytest.approx(2000 * 1e-4 + 500 * 5e-4)  # no sync on one rank
+    table = scaling_table(rows, 475)
+    assert "| none | 8 | 1/3 | never |" in table and "| sqrt | 8 | 3/3 | 2,000 |" in table

@@ -148,10 +148,17 @@ def seconds_to(curve: list[tuple[int, float, float]], threshold: float) -> tuple
     """Training seconds to the first evaluation at or above ``threshold``, and to the second of the first two
     evaluations in a row at or above it ("stable"); None where the run never got there."""
     first = next((seconds for _, seconds, ret in curve if ret >= threshold), None)
-    stable = next(
-        (second[1] for first_eval, second in itertools.pairwise(curve) if min(first_eval[2], second[2]) >= threshold), None
+    stable = stable_solve(curve, threshold)
+    return first, None if stable is None else stable[1]
+
+
+def stable_solve(curve: list[tuple[int, float, float]], threshold: float) -> tuple[int, float] | None:
+    """The (global step, training seconds) of the second of the first two evaluations in a row at or above
+    ``threshold`` (the P1 rule with 20-episode evaluations); None where the run never got there."""
+    return next(
+        ((int(b[0]), b[1]) for a, b in itertools.pairwise(curve) if min(a[2], b[2]) >= threshold),
+        None,
     )
-    return first, stable
 
 
 def run_worker(args: argparse.Namespace) -> None:
