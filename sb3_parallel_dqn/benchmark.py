@@ -81,6 +81,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="overrides applied to SB3 DQN only, e.g. to run it on the zoo's own values")  # fmt: skip
     parser.add_argument("--torch-threads", type=int, default=1, help="torch threads per process (every configuration)")
     parser.add_argument("--device", default="cpu", help="torch device of every configuration (auto: GPUs by local rank)")
+    parser.add_argument("--stop-at-stable", action="store_true",
+                        help="end each run at its stable solve (two evaluations in a row at the threshold): for "
+                             "steps to a solve, without the rest of the budget (the final return is then the model's "
+                             "at that point)")  # fmt: skip
     parser.add_argument("--out", default="bench", help="output folder")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per run")
     parser.add_argument("--parallelism", action="store_true",

@@ -119,7 +119,8 @@ def test_layout_configurations_launch_the_right_job():
 
     args = argparse.Namespace(env="CartPole-v1", eval_freq=1, eval_episodes=1, final_episodes=1, profile_steps=0,
                               conf_file=None, sb3_conf_file=None, n_timesteps=None, threshold=None, hyperparams=[],
-                              pdqn_params=["batch_size:64"], sb3_params=[], torch_threads=1, device="cpu")  # fmt: skip
+                              pdqn_params=["batch_size:64"], sb3_params=[], torch_threads=1, device="cpu",
+                              stop_at_stable=False)  # fmt: skip
     mp = command_for("mp-4", 0, args, tmp := REPO_DIR / "r.json")
     assert mp[1:3] == ["-np", "4"] and mp[-2:] == ["batch_size:64", "model_parallel_size:4"]
     zero = command_for("zero-2", 0, args, tmp)

@@ -208,7 +208,8 @@ def run_worker(args: argparse.Namespace) -> None:
                     mean_return, _ = evaluate_policy(self.model, self.eval_env, n_eval_episodes=args.eval_episodes)
                     self.eval_seconds += time.perf_counter() - t0
                     self.curve.append((self.num_timesteps, self.training_seconds(), float(mean_return)))  # type: ignore[arg-type]
-            return True
+            # --stop-at-stable: rank 0 stops at a stable solve, and every rank stops with it at the end of the rollout
+            return not (args.stop_at_stable and stable_solve(self.curve, threshold) is not None)
 
         def training_seconds(self) -> float:
             return time.perf_counter() - self.start - self.eval_seconds
@@ -302,6 +303,8 @@ def command_for(config: str, seed: int, args: argparse.Namespace, result: Path) 
         worker += ["--torch-threads", str(args.torch_threads)]
     if args.device != "cpu":
         worker += ["--device", args.device]
+    if args.stop_at_stable:
+        worker += ["--stop-at-stable"]
     if args.conf_file:
         worker += ["--conf-file", args.conf_file]
     if args.sb3_conf_file:

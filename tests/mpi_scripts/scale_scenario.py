@@ -21,6 +21,7 @@ import diverge
 import numpy as np
 import prioritized_dueling
 import stop_one_rank
+from sections import run_sections
 from stable_baselines3.common.callbacks import BaseCallback
 
 from sb3_parallel_dqn import ParallelDQN
@@ -87,9 +88,4 @@ if __name__ == "__main__":
         "stop": stop_one_rank.run,
         "diverge": lambda folder: diverge.run(),
     }
-    for name, section in sections.items():
-        folder = out_dir / name
-        folder.mkdir(parents=True, exist_ok=True)
-        comm.comm().Barrier()  # type: ignore[union-attr]
-        section(folder)
-        print(f"rank {comm.rank()} SECTION {name} DONE", flush=True)
+    run_sections(out_dir, sections)

@@ -27,8 +27,7 @@ import load_then_learn
 import prioritized_dueling
 import stop_one_rank
 import train_sync
-
-from sb3_parallel_dqn.distributed import comm
+from sections import run_sections
 
 if __name__ == "__main__":
     out_dir = Path(sys.argv[1])
@@ -40,9 +39,4 @@ if __name__ == "__main__":
         "load": load_then_learn.run,
         "diverge": lambda folder: diverge.run(),
     }
-    for name, section in sections.items():
-        folder = out_dir / name
-        folder.mkdir(parents=True, exist_ok=True)
-        comm.comm().Barrier()  # type: ignore[union-attr]
-        section(folder)
-        print(f"rank {comm.rank()} SECTION {name} DONE", flush=True)
+    run_sections(out_dir, sections)
