@@ -274,6 +274,7 @@ class ParallelDQN(DQN):
         self.num_timesteps += agreed.n_steps - lockstep.global_envs(1, self._mesh) * rollout.episode_timesteps
         self._episode_num += agreed.n_episodes - rollout.n_episodes  # time/episodes counts every rank's
         self._global_episode_means = agreed.episode_means if self._world_size > 1 else None
+        lockstep.realign_after_stop(self, agreed.stop)  # the ranks' steps differ after a stop: progress, target
         if agreed.signal is not None:
             self.stopped_by_signal = agreed.signal
             interrupt.acknowledge()  # on every rank: a later learn() runs in full

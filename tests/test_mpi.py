@@ -130,6 +130,12 @@ def test_callback_stopping_one_rank_stops_all(scenario):
     assert infos[0]["n_updates"] == infos[1]["n_updates"]
     assert infos[0]["num_timesteps_after_more"] == infos[1]["num_timesteps_after_more"] == 284 + 64
     assert stdout.count("left learn()") == 2
+    # Regression (issue 16): the ranks made 140 and 144 steps in the stopped rollout; progress (the learning rate),
+    # exploration, the target-update counter and the target network (rank 0's step 143 updated it) must still agree,
+    # so that a train() right after learn() keeps the weights identical.
+    for key in ("progress", "exploration_rate", "n_calls", "target", "weights_after_train"):
+        assert infos[0][key] == infos[1][key], key
+    assert infos[0]["n_calls"] == 144
     # Regression (issue 12, item 6): the checkpoint due at 280 global steps is decided at the rollout boundary, from
     # the step count both ranks agreed on, so both ranks wrote their files (rank 1 used to skip its shard).
     assert sorted(p.name for p in (folder / "ckpt").iterdir()) == [

@@ -82,6 +82,8 @@ def test_a_callback_stopping_one_rank_stops_all(scenario):
     assert len({run["n_updates"] for run in runs}) == 1
     assert {run["num_timesteps_after_more"] for run in runs} == {140 + 144 * (world_size - 1) + 16 * world_size}
     assert stdout.count("left learn()") == world_size
+    for key in ("progress", "exploration_rate", "n_calls", "target", "weights_after_train"):
+        assert len({run[key] for run in runs}) == 1, key
     # every checkpoint zip has all W replay buffer shards
     files = {p.name for p in (out_dir / "stop" / "ckpt").iterdir()}
     zips = {name for name in files if name.endswith(".zip")}

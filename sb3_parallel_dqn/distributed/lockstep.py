@@ -152,6 +152,30 @@ def agree_on_rollout(
     return RolloutAgreement(bool(any_stop), received, int(total_steps), int(total_episodes), means)
 
 
+def realign_after_stop(model: Any, stopped: bool) -> None:
+    """
+    After a rollout that a callback stopped on some rank(s), make the per-step state that followed each rank's own step
+    count the job's again: the ranks made different numbers of steps in that rollout. **Collective** when ``stopped``
+    (it is the same on every rank: the agreement decided it), free otherwise.
+
+    - The progress (learning rate, exploration, prioritized replay's beta) is recomputed from the step count all ranks
+      agreed on. A ``train()`` right after ``learn()``, or the next ``learn()``'s first update, would otherwise use
+      each rank's own learning rate, and the weights would drift apart.
+    - The target-update counter and the target network are taken from the replica that went furthest. It made every
+      target update that fell in the rollout.
+    """
+    if not stopped or comm.world_size() == 1:
+        return
+    from sb3_parallel_dqn.distributed.gradients import broadcast_module_
+
+    model._update_current_progress_remaining(model.num_timesteps, model._total_timesteps)
+    model.exploration_rate = model.exploration_schedule(model._current_progress_remaining)
+    grid = model._mesh
+    calls = comm.allgather(np.array([model._n_calls], dtype=np.int64), group=grid.data_group).reshape(-1)
+    model._n_calls = int(calls.max())
+    broadcast_module_(model.q_net_target, root=int(calls.argmax()), group=grid.data_group)
+
+
 @contextlib.contextmanager
 def episode_buffers_of_the_job(model: Any) -> Iterator[None]:
     """

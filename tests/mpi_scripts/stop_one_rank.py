@@ -4,11 +4,13 @@ agree on what happened (global step count, episode count, checkpoint). Then ever
 resumes: each rank's episode statistics must hold its own episodes only (the file holds rank 0's).
 """
 
+import hashlib
 import json
 import sys
 from pathlib import Path
 
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.utils import LinearSchedule
 
 from sb3_parallel_dqn import ParallelDQN
 from sb3_parallel_dqn.checkpoints import ParallelCheckpointCallback
@@ -20,13 +22,20 @@ class StopOnRankOne(BaseCallback):
         return not (comm.rank() == 1 and self.n_calls >= 140)
 
 
+def digest(tensors) -> str:
+    return hashlib.sha256(b"".join(t.detach().cpu().numpy().tobytes() for t in tensors)).hexdigest()
+
+
 def monitor_episodes(model: ParallelDQN) -> int:
     return len(model.get_env().envs[0].get_episode_rewards())  # type: ignore[attr-defined]
 
 
 def run(out_dir: Path) -> None:
     rank = comm.rank()
-    kwargs = {"learning_starts": 100, "train_freq": 16, "gradient_steps": 4, "policy_kwargs": {"net_arch": [16]}}
+    # A decaying learning rate, and target updates every 143 steps per rank on 2 ranks (every 71 on 4, 35 on 8): each
+    # rank would otherwise keep its own progress and target network after the stop (rank 0's step 143 updates it).
+    kwargs = {"learning_starts": 100, "train_freq": 16, "gradient_steps": 4, "policy_kwargs": {"net_arch": [16]},
+              "learning_rate": LinearSchedule(1e-3, 1e-4, 1.0), "target_update_interval": 286}  # fmt: skip
     model = ParallelDQN("MlpPolicy", "CartPole-v1", seed=0, **kwargs)
     # Rank 1 stops at its step 140 (global 280 by its count), rank 0 at the end of that rollout (its step 144, global
     # 288 by its count): the checkpoint due at 280 global steps must be written by both ranks or by neither.
@@ -37,7 +46,14 @@ def run(out_dir: Path) -> None:
         "n_updates": model._n_updates,
         "episode_num": model._episode_num,
         "monitor_episodes": monitor_episodes(model),
+        # what every rank must agree on after the stop, as after any rollout
+        "progress": model._current_progress_remaining,
+        "exploration_rate": model.exploration_rate,
+        "n_calls": model._n_calls,
+        "target": digest(model.q_net_target.parameters()),
     }
+    model.train(gradient_steps=4, batch_size=32)  # as a profiler or a user might, right after learn()
+    info["weights_after_train"] = digest(model.q_net.parameters())
     # The ranks agree on the step count, so training can go on from there.
     model.learn(64, reset_num_timesteps=False)
     info["num_timesteps_after_more"] = model.num_timesteps
