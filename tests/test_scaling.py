@@ -113,7 +113,7 @@ def test_scaling_report_steps_to_p1_and_projection(tmp_path):
     write_runs(tmp_path / "none", 475, {"pdqn-2": [(solved, 2500)] * 3, "pdqn-8": [(never, 625)] * 2 + [(solved, 625)]})
     write_runs(tmp_path / "sqrt", 475, {"pdqn-8": [(solved, 1250)] * 3, "sb3": [(solved, 10_000)]})
     costs = {"t_step": 1e-4, "t_update": 5e-4, "t_sync2": 1e-4}
-    rows = scaling_rows({"none": tmp_path / "none", "sqrt": tmp_path / "sqrt"}, costs)
+    rows = scaling_rows([("none", tmp_path / "none"), ("sqrt", tmp_path / "sqrt")], costs)
     assert [(row["mode"], row["world_size"]) for row in rows] == [("none", 2), ("none", 8), ("sqrt", 8)]
     assert rows[0]["median_steps"] == 2000 and rows[1]["median_steps"] == math.inf and rows[1]["solved"] == 1
     # T = S / W * t_step + S * updates per step * (t_update + t_sync(2) * log2 W)

@@ -58,10 +58,11 @@ def projected_seconds(steps: float, world_size: int, updates_per_step: float, co
     return steps / world_size * costs["t_step"] + steps * updates_per_step * (costs["t_update"] + sync)
 
 
-def scaling_rows(folders: dict[str, Path], costs: dict[str, float] | None) -> list[dict[str, Any]]:
-    """One row per (mode, W): seeds, solved, median steps to P1, updates per step, projected seconds."""
+def scaling_rows(folders: list[tuple[str, Path]], costs: dict[str, float] | None) -> list[dict[str, Any]]:
+    """One row per (mode, W): seeds, solved, median steps to P1, updates per step, projected seconds. A mode may come
+    from several folders (different world sizes run by different drivers)."""
     rows = []
-    for mode, folder in folders.items():
+    for mode, folder in folders:
         summary = json.loads((folder / "results.json").read_text())
         threshold = float(summary["threshold"])
         for config, runs in summary["results"].items():
@@ -100,7 +101,7 @@ def scaling_table(rows: list[dict[str, Any]], threshold: float) -> str:
         ratio = row["median_steps"] / ref["median_steps"] if math.isfinite(ref["median_steps"]) else math.nan
         lines.append(
             f"| {row['mode']} | {row['world_size']} | {row['solved']}/{row['seeds']} | {fmt(row['median_steps'])} | {seeds} "
-            f"| {fmt(ratio, 2)}x | {row['updates_per_step']:.4f} | {row['final']:.1f} "
+            f"| {'-' if not math.isfinite(ratio) else f'{ratio:.2f}x'} | {row['updates_per_step']:.4f} | {row['final']:.1f} "
             f"| {'-' if projected is None else fmt(projected, 1)} | {speedup} |"
         )
     return "\n".join(lines)
@@ -108,17 +109,14 @@ def scaling_table(rows: list[dict[str, Any]], threshold: float) -> str:
 
 def run_scaling_report(args: Any) -> int:
     """``benchmark --scaling-report mode=folder ... [--costs folder] --out folder``: write results.md and .json."""
-    folders = {}
-    for item in args.scaling_report:
-        mode, _, folder = item.partition("=")
-        folders[mode] = Path(folder)
+    folders = [(item.partition("=")[0], Path(item.partition("=")[2])) for item in args.scaling_report]
     costs = measured_costs(Path(args.costs)) if args.costs else None
     rows = scaling_rows(folders, costs)
-    threshold = float(json.loads((next(iter(folders.values())) / "results.json").read_text())["threshold"])
+    threshold = float(json.loads((folders[0][1] / "results.json").read_text())["threshold"])
     table = scaling_table(rows, threshold)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"folders": {k: str(v) for k, v in folders.items()}, "costs": costs,
+    (out / "results.json").write_text(json.dumps({"folders": [[m, str(f)] for m, f in folders], "costs": costs,
                                                   "rows": rows}, indent=1))  # fmt: skip
     cost_line = "" if costs is None else (
         f"Per-rank costs (from {args.costs}): env step {costs['t_step'] * 1e6:.0f} µs, update {costs['t_update'] * 1e6:.0f} "
