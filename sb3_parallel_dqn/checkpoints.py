@@ -150,7 +150,17 @@ def replay_buffer_shards(model_path: str | os.PathLike[str]) -> tuple[list[pathl
 
     :raises ValueError: when the shards are incomplete (some rank's file is missing)
     """
-    base = replay_buffer_path(model_path)
+    return saved_shards(replay_buffer_path(model_path))
+
+
+def saved_shards(path: str | os.PathLike[str]) -> tuple[list[pathlib.Path], int | None]:
+    """
+    The files of a per-rank pickle saved under ``path`` (before the rank suffix of :func:`rank_path`) by any number
+    of ranks, in rank order, and that number (None when there are none).
+
+    :raises ValueError: when the shards are incomplete (some rank's file is missing)
+    """
+    base = rank_path(path, world_size=1)
     if base.exists():
         return [base], 1
     pattern = re.compile(re.escape(base.name[: -len(".pkl")]) + r"\.rank(\d+)\.pkl")
@@ -160,7 +170,7 @@ def replay_buffer_shards(model_path: str | os.PathLike[str]) -> tuple[list[pathl
     world_size = len(ranks)
     if ranks != list(range(world_size)):
         missing = sorted(set(range(max(ranks) + 1)) - set(ranks))
-        raise ValueError(f"incomplete replay buffer shards next to {model_path}: rank(s) {missing} missing")
+        raise ValueError(f"incomplete replay buffer shards {base}: rank(s) {missing} missing")
     return [rank_path(base, rank, world_size) for rank in range(world_size)], world_size
 
 
@@ -179,6 +189,22 @@ def shard_for_rank(shards: list[pathlib.Path], rank: int, world_size: int) -> pa
             f"multiple of {len(shards)} ranks, at most {len(shards)}, or move the replay buffer files away"
         )
     return shards[rank % len(shards)]
+
+
+@overload
+def shard_to_load(path: io.BufferedIOBase) -> io.BufferedIOBase: ...
+@overload
+def shard_to_load(path: str | os.PathLike[str]) -> pathlib.Path: ...
+def shard_to_load(path: str | os.PathLike[str] | io.BufferedIOBase) -> pathlib.Path | io.BufferedIOBase:
+    """
+    This rank's file of a per-rank pickle saved under ``path`` by any number of ranks (:func:`shard_for_rank`); its
+    own name (:func:`rank_path`) when nothing was saved there, so that the error names the file looked for. A file
+    object is its own.
+    """
+    if isinstance(path, io.BufferedIOBase):
+        return path
+    shards, _ = saved_shards(path)
+    return shard_for_rank(shards, comm.rank(), comm.world_size()) if shards else rank_path(path)
 
 
 def list_checkpoints(folder: str | os.PathLike[str]) -> dict[int, pathlib.Path]:

@@ -3,7 +3,8 @@ Every use of a private internal of Stable-Baselines3 or PyTorch, in one place, e
 
 The package subclasses SB3's ``DQN``, ``ReplayBuffer``/``NStepReplayBuffer``, ``SubprocVecEnv`` and policies and
 overrides their protected extension points, as SB3's own algorithms do (:data:`OVERRIDDEN_DQN_METHODS` lists those of
-``DQN`` with what each override relies on). Everything else private, a name SB3 or torch do not export or a
+``DQN`` with what each override relies on); code outside ``ParallelDQN``'s own methods reads ``DQN``'s protected state
+through the accessors of :data:`PROTECTED_DQN_STATE` only. Everything else private, a name SB3 or torch do not export or a
 behaviour they do not document, is reached through this module only: the :class:`Internal` entries below, each
 looked up when first used. ``tests/test_compat.py`` checks every entry (that it exists, takes the arguments we pass
 and behaves as relied on) and names the internal in its failure message, so that an SB3 or torch upgrade that moves
@@ -154,6 +155,20 @@ OVERRIDDEN_DQN_METHODS = {
     "_excluded_save_params": "names the attributes that save() leaves out of the data member",
 }
 
+#: The protected state of SB3's ``DQN`` (set by ``BaseAlgorithm``/``OffPolicyAlgorithm``) that code outside
+#: ``ParallelDQN``'s own methods reads or writes, only through the accessors below, and what each holds.
+#: tests/test_compat.py runs SB3's ``DQN`` and checks each against this.
+PROTECTED_DQN_STATE = {
+    "_total_timesteps": "the budget of the current learn() (num_timesteps included when reset_num_timesteps=False)",
+    "_update_current_progress_remaining": "method (num_timesteps, total_timesteps) that sets "
+    "_current_progress_remaining to 1 - num_timesteps / total_timesteps",
+    "_current_progress_remaining": "what the schedules (learning rate, exploration) were last evaluated at",
+    "_n_calls": "the _on_step calls made: the target network is updated when it reaches a multiple of "
+    "target_update_interval // n_envs",
+    "_n_updates": "the gradient steps made by train()",
+    "_last_obs": "the observation that collect_rollouts chooses the next actions for",
+}
+
 
 def foreach_norm(tensors: Sequence[th.Tensor], ord: float) -> list[th.Tensor]:
     """``torch._foreach_norm``: the 2-norm of each tensor, as ``clip_grad_norm_`` computes them."""
@@ -242,3 +257,39 @@ def n_steps_warning_silenced(
             N_STEPS_IGNORED_WARNING.resolve()
             warnings.filterwarnings("ignore", message=N_STEPS_IGNORED_MESSAGE)
         yield
+
+
+def total_timesteps(model: Any) -> int:
+    """The budget of ``model``'s current (or last) ``learn()`` (see :data:`PROTECTED_DQN_STATE`)."""
+    return int(model._total_timesteps)
+
+
+def refresh_progress(model: Any) -> float:
+    """Recompute ``model``'s progress remaining from its ``num_timesteps``, as SB3 does after each step; return it."""
+    model._update_current_progress_remaining(model.num_timesteps, model._total_timesteps)
+    return float(model._current_progress_remaining)
+
+
+def progress_remaining(model: Any) -> float:
+    """Where ``model``'s schedules were last evaluated: 1 at the start of ``learn()``, 0 at its end."""
+    return float(model._current_progress_remaining)
+
+
+def target_update_calls(model: Any) -> int:
+    """The ``_on_step`` calls that ``model``'s target updates count (see :data:`PROTECTED_DQN_STATE`)."""
+    return int(model._n_calls)
+
+
+def set_target_update_calls(model: Any, calls: int) -> None:
+    """Set the counter of :func:`target_update_calls`."""
+    model._n_calls = calls
+
+
+def n_updates(model: Any) -> int:
+    """The gradient steps ``model`` made."""
+    return int(model._n_updates)
+
+
+def last_observation(model: Any) -> Any:
+    """The observation ``model``'s next actions are chosen for (an array, a dict of arrays, or None before learn)."""
+    return model._last_obs

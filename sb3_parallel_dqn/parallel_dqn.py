@@ -391,8 +391,8 @@ class ParallelDQN(DQN):
         checkpoints.write_atomically(checkpoints.rank_path(path), "pkl", lambda target: DQN.save_replay_buffer(self, target))
 
     def load_replay_buffer(self, path: str | pathlib.Path | io.BufferedIOBase, truncate_last_traj: bool = True) -> None:
-        """As SB3's, each rank its own (see :meth:`save_replay_buffer`): load with the world size that saved."""
-        super().load_replay_buffer(checkpoints.rank_path(path), truncate_last_traj)
+        """As SB3's, each rank its shard (see :meth:`save_replay_buffer`), on any world size: rank r loads r mod W_saved."""
+        super().load_replay_buffer(checkpoints.shard_to_load(path), truncate_last_traj)
 
     def _excluded_save_params(self) -> list[str]:
         # As SB3, plus this process' runtime state and mesh (a file loads whole unless load() is given a mesh shape).

@@ -16,8 +16,10 @@ from sb3_parallel_dqn.checkpoints import (
     rank_path,
     replay_buffer_path,
     replay_buffer_shards,
+    saved_shards,
     vecnormalize_path,
 )
+from sb3_parallel_dqn.distributed import comm
 
 KWARGS = dict(
     learning_starts=100, train_freq=16, gradient_steps=4, target_update_interval=50, batch_size=16,
@@ -103,6 +105,45 @@ def test_replay_buffer_shards(tmp_path):
     (tmp_path / "rl_model_replay_buffer_64_steps.rank1.pkl").unlink()
     with pytest.raises(ValueError, match=r"rank\(s\) \[1\] missing"):
         replay_buffer_shards(model_file)
+
+
+def as_rank(monkeypatch, rank, world_size):
+    """This process seen as rank ``rank`` of ``world_size`` by the file-naming code (no collective is involved)."""
+    monkeypatch.setattr(comm, "rank", lambda: rank)
+    monkeypatch.setattr(comm, "world_size", lambda: world_size)
+
+
+def test_load_replay_buffer_on_another_world_size(tmp_path, monkeypatch):
+    """ParallelDQN.load_replay_buffer: rank r of W loads shard r mod W_saved, whoever saved; an uneven share is refused."""
+    model = make_model()
+    model.learn(64)
+    for rank in (0, 1):  # two different shards, as two ranks would save them
+        with monkeypatch.context() as patch:
+            as_rank(patch, rank, 2)
+            model.save_replay_buffer(tmp_path / "buffer")
+        model.learn(64, reset_num_timesteps=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["buffer.rank0.pkl", "buffer.rank1.pkl"]
+    assert [p.name for p in saved_shards(tmp_path / "buffer")[0]] == ["buffer.rank0.pkl", "buffer.rank1.pkl"]
+    positions = {}
+    fresh = make_model(seed=1)
+    for rank, world_size in [(0, 1), (0, 4), (1, 4), (2, 4), (3, 4)]:
+        with monkeypatch.context() as patch:
+            as_rank(patch, rank, world_size)
+            fresh.load_replay_buffer(tmp_path / "buffer")
+            positions[rank, world_size] = fresh.replay_buffer.pos
+    assert positions == {(0, 1): 32, (0, 4): 32, (1, 4): 64, (2, 4): 32, (3, 4): 64}
+    with monkeypatch.context() as patch:
+        as_rank(patch, 0, 3)
+        with pytest.raises(ValueError, match="cannot be shared evenly by 3 ranks"):
+            fresh.load_replay_buffer(tmp_path / "buffer")
+    # saved by one process: every rank of a larger job starts from it
+    model.save_replay_buffer(tmp_path / "single")
+    with monkeypatch.context() as patch:
+        as_rank(patch, 1, 2)
+        fresh.load_replay_buffer(tmp_path / "single.pkl")
+        assert fresh.replay_buffer.pos == 96
+        with pytest.raises(FileNotFoundError, match=r"nothing\.rank1\.pkl"):
+            fresh.load_replay_buffer(tmp_path / "nothing")  # SB3's error, naming this rank's file
 
 
 def test_checkpoints_fall_on_rollout_boundaries(tmp_path):

@@ -205,3 +205,26 @@ def test_setup_learn_resets_the_envs_when_relied_on():
     assert model._last_obs is not None and kept is not None, (
         f"DQN._setup_learn no longer resets the envs as relied on: {compat.OVERRIDDEN_DQN_METHODS['_setup_learn']}"
     )
+
+
+def test_protected_dqn_state_holds_what_the_accessors_rely_on():
+    """Each entry of compat.PROTECTED_DQN_STATE, read on SB3's own DQN after a learn() (the failure names it)."""
+    state = compat.PROTECTED_DQN_STATE
+    model = DQN("MlpPolicy", "CartPole-v1", learning_starts=16, train_freq=4, gradient_steps=2, buffer_size=100)
+    for name in state:
+        assert hasattr(model, name), f"DQN.{name} is gone; relied on as: {state[name]}"
+    model.learn(40)
+    assert compat.total_timesteps(model) == 40, f"_total_timesteps: {state['_total_timesteps']}"
+    assert compat.target_update_calls(model) == 40, f"_n_calls: {state['_n_calls']}"
+    assert compat.n_updates(model) == 2 * len(range(20, 41, 4)), f"_n_updates: {state['_n_updates']}"
+    observation = compat.last_observation(model)
+    assert isinstance(observation, np.ndarray) and observation.shape == (1, 4), f"_last_obs: {state['_last_obs']}"
+    assert compat.progress_remaining(model) == pytest.approx(0.0), (
+        f"_current_progress_remaining: {state['_current_progress_remaining']}"
+    )
+    parameters = list(inspect.signature(model._update_current_progress_remaining).parameters)
+    assert parameters == ["num_timesteps", "total_timesteps"], f"_update_current_progress_remaining takes {parameters}"
+    model.num_timesteps = 10
+    assert compat.refresh_progress(model) == pytest.approx(0.75), f"{state['_update_current_progress_remaining']}"
+    compat.set_target_update_calls(model, 7)
+    assert model._n_calls == 7

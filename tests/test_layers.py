@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO_DIR, check_ok, run_python
 from stable_baselines3 import DQN
 
-from sb3_parallel_dqn import ParallelDQN
+from sb3_parallel_dqn import ParallelDQN, compat
 
 PACKAGE = REPO_DIR / "sb3_parallel_dqn"
 # The command lines (python -m sb3_parallel_dqn.<name>), above the zoo layer.
@@ -113,6 +113,21 @@ def test_private_internals_only_through_compat(name):
     assert private_uses(MODULES[name]) == [], f"{name} uses SB3/torch private names: go through sb3_parallel_dqn/compat.py"
 
 
+def protected_state_uses(path: Path) -> list[str]:
+    """``x._name`` for the protected ``DQN`` state that compat.py wraps (:data:`compat.PROTECTED_DQN_STATE`)."""
+    return [
+        f"line {node.lineno}: .{node.attr}"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Attribute) and node.attr in compat.PROTECTED_DQN_STATE
+    ]
+
+
+# ParallelDQN's own methods use its base class's state, as SB3's DQN does; everything else asks compat.py.
+@pytest.mark.parametrize("name", sorted(set(MODULES) - {"sb3_parallel_dqn.compat", "sb3_parallel_dqn.parallel_dqn"}))
+def test_dqns_protected_state_only_through_compat(name):
+    assert protected_state_uses(MODULES[name]) == [], f"{name} uses DQN's protected state: go through compat.py"
+
+
 def test_the_private_name_check_can_fail(tmp_path):
     offender = tmp_path / "offender.py"
     offender.write_text(
@@ -120,6 +135,8 @@ def test_the_private_name_check_can_fail(tmp_path):
         "from stable_baselines3.common.vec_env import subproc_vec_env as s\nth._foreach_norm([], 2)\ns._worker\n"
     )
     assert len(private_uses(offender)) == 3
+    offender.write_text("model._n_calls += 1\nobservation = self.model._last_obs\nmodel._n_updates_seen = 0\n")
+    assert len(protected_state_uses(offender)) == 2
 
 
 def test_parallel_dqn_reads_as_sb3s_dqn_plus_the_parallel_diff():

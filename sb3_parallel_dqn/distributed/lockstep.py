@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from sb3_parallel_dqn import compat
 from sb3_parallel_dqn.distributed import comm, mesh
 
 
@@ -168,11 +169,11 @@ def realign_after_stop(model: Any, stopped: bool) -> None:
         return
     from sb3_parallel_dqn.distributed.gradients import broadcast_module_
 
-    model._update_current_progress_remaining(model.num_timesteps, model._total_timesteps)
-    model.exploration_rate = model.exploration_schedule(model._current_progress_remaining)
+    model.exploration_rate = model.exploration_schedule(compat.refresh_progress(model))
     grid = model._mesh
-    calls = comm.allgather(np.array([model._n_calls], dtype=np.int64), group=grid.data_group).reshape(-1)
-    model._n_calls = int(calls.max())
+    own_calls = np.array([compat.target_update_calls(model)], dtype=np.int64)
+    calls = comm.allgather(own_calls, group=grid.data_group).reshape(-1)
+    compat.set_target_update_calls(model, int(calls.max()))
     broadcast_module_(model.q_net_target, root=int(calls.argmax()), group=grid.data_group)
 
 

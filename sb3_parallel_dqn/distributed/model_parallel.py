@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch as th
 
+from sb3_parallel_dqn import compat
 from sb3_parallel_dqn.distributed import comm, mesh
 from sb3_parallel_dqn.distributed.gradients import check_synced
 from sb3_parallel_dqn.distributed.lockstep import LockstepError
@@ -103,7 +104,7 @@ def check_identical_observations(model: DQN) -> None:
     grid: mesh.Mesh = model._mesh  # type: ignore[attr-defined]
     if grid.model_parallel_size == 1:
         return
-    observation = model._last_obs
+    observation = compat.last_observation(model)
     arrays = observation.values() if isinstance(observation, dict) else [observation]
     checksum = 0
     for array in arrays:

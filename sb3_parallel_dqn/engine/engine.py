@@ -25,6 +25,7 @@ import numpy as np
 import torch as th
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 
+from sb3_parallel_dqn import compat
 from sb3_parallel_dqn.distributed import comm, model_parallel
 from sb3_parallel_dqn.distributed.gradients import GradientAverager
 from sb3_parallel_dqn.distributed.sharded_optimizer import ShardedAdam
@@ -95,7 +96,7 @@ class TrainingEngine:
         (dicts, un-transposed images).
         """
         model = self.model
-        observation = model._last_obs
+        observation = compat.last_observation(model)
         if (
             model.num_timesteps < model.learning_starts
             or not isinstance(observation, np.ndarray)
@@ -119,7 +120,7 @@ class TrainingEngine:
         self.prepare_update()
         buffer = model.replay_buffer
         if isinstance(buffer, PrioritizedReplayBuffer):
-            buffer.set_progress(model._current_progress_remaining)
+            buffer.set_progress(compat.progress_remaining(model))
             self._batches = None
         else:
             assert buffer is not None

@@ -167,7 +167,7 @@ def run_worker(args: argparse.Namespace) -> None:
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.evaluation import evaluate_policy
 
-    from sb3_parallel_dqn import ParallelDQN
+    from sb3_parallel_dqn import ParallelDQN, compat
     from sb3_parallel_dqn.distributed import comm
     from sb3_parallel_dqn.zoo.callbacks import EVAL_SEED_OFFSET
     from sb3_parallel_dqn.zoo.envs import make_eval_env, make_train_env, split_hyperparams
@@ -223,7 +223,7 @@ def run_worker(args: argparse.Namespace) -> None:
     callback = TimedEval()
     model.learn(n_timesteps, callback=callback)
     train_seconds = callback.training_seconds()
-    n_updates = model._n_updates  # before profiling, whose train() calls ParallelDQN counts (SB3's replay does not)
+    n_updates = compat.n_updates(model)  # before profiling, whose train() calls ParallelDQN counts (SB3's replay does not)
     workers_rss = env_workers_peak_rss_mib(env)
     env.close()
 

@@ -22,9 +22,9 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from stable_baselines3 import DQN
 from stable_baselines3.common.evaluation import evaluate_policy
 
+from sb3_parallel_dqn import compat
 from sb3_parallel_dqn.checkpoints import (
     replay_buffer_path,
     replay_buffer_shards,
@@ -273,8 +273,7 @@ def build_model(args: argparse.Namespace, setup: Setup, env: Any, shards: list[P
     except ValueError as error:  # SB3: "Observation spaces do not match", "Action spaces do not match"
         raise ConfigError(f"--trained-agent {args.trained_agent} does not fit {args.env} as configured: {error}") from None
     if shards:
-        # This rank's shard, by name (ParallelDQN.load_replay_buffer would add this job's rank suffix itself).
-        DQN.load_replay_buffer(model, shard_for_rank(shards, comm.rank(), comm.world_size()))
+        model.load_replay_buffer(replay_buffer_path(args.trained_agent))  # this rank's shard (shard_for_rank)
         buffer = model.replay_buffer
         assert buffer is not None
         if buffer.n_envs != env.num_envs or buffer.obs_shape != model.observation_space.shape:
@@ -287,9 +286,10 @@ def build_model(args: argparse.Namespace, setup: Setup, env: Any, shards: list[P
         remaining = args.n_timesteps
     else:
         # learn(reset_num_timesteps=False) adds num_timesteps back: the schedules span the original run.
-        remaining = model._total_timesteps - model.num_timesteps
+        budget = compat.total_timesteps(model)
+        remaining = budget - model.num_timesteps
         if remaining <= 0:
-            raise SystemExit(f"error: {args.trained_agent} finished its {model._total_timesteps} steps: pass -n to go on")
+            raise SystemExit(f"error: {args.trained_agent} finished its {budget} steps: pass -n to go on")
     if comm.is_root():
         print(f"Resuming from {args.trained_agent} at {model.num_timesteps} global steps, for {remaining} more")
     return model, remaining

@@ -110,7 +110,7 @@ def sync_worker(device: str, steps: int) -> None:
     """(every rank) Train with a weight check at every update; print each rank's weight digest."""
     import hashlib
 
-    from sb3_parallel_dqn import ParallelDQN
+    from sb3_parallel_dqn import ParallelDQN, compat
     from sb3_parallel_dqn.distributed import comm, gradients
 
     forced = os.environ.pop("SB3_PARALLEL_DQN_CUDA_AWARE_MPI", None)
@@ -123,7 +123,7 @@ def sync_worker(device: str, steps: int) -> None:
     digests = comm.allgather_object(digest)
     if comm.is_root():
         print(json.dumps({"device": str(model.device), "cuda_aware": gradients.cuda_aware_mpi(), "digests": digests,
-                          "mpi_cuda_aware": available, "n_updates": model._n_updates}))  # fmt: skip
+                          "mpi_cuda_aware": available, "n_updates": compat.n_updates(model)}))  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------------
