@@ -154,6 +154,19 @@ def test_time_to_sb3s_final_return_and_reused_results(tmp_path):
 
 
 @pytest.mark.slow
+def test_stop_at_stable_ends_the_run_at_its_stable_solve(tmp_path):
+    """--stop-at-stable: with a threshold every evaluation meets, training ends at the second evaluation's rollout."""
+    args = [BENCHMARK, "--env", "CartPole-v1", "--configs", "pdqn-1", "--seeds", "0", "-n", "20000", "--eval-freq", "500",
+            "--eval-episodes", "1", "--final-episodes", "1", "--profile-steps", "0", "--threshold", "0",
+            "--stop-at-stable", "--out", str(tmp_path)]  # fmt: skip
+    check_ok(run_python(args, timeout=300))
+    result = json.loads((tmp_path / "pdqn-1_seed0.json").read_text())
+    assert [step for step, _, _ in result["curve"]] == [500, 1000]
+    assert 1000 <= result["num_timesteps"] < 2000  # stopped within the rollout of the stable solve, not at 20000
+    assert result["seconds_to_stable_threshold"] == result["curve"][1][1]
+
+
+@pytest.mark.slow
 def test_replay_table(tmp_path):
     """--replay: every buffer measured on the same stacks (checked equal first), FrameReplayBuffer at ~1/8 the bytes."""
     check_ok(run_python([BENCHMARK, "--replay", "--replay-size", "3000", "--replay-samples", "20", "--replay-repeats",

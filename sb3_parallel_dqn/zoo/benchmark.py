@@ -196,6 +196,7 @@ def run_worker(args: argparse.Namespace) -> None:
             self.next_eval = args.eval_freq
             self.eval_seconds = 0.0
             self.curve: list[tuple[int, float, float]] = []  # (global step, training seconds, mean return)
+            self.stop = False  # --stop-at-stable and the curve has its stable solve
 
         def _on_training_start(self) -> None:
             self.start = time.perf_counter()
@@ -208,8 +209,10 @@ def run_worker(args: argparse.Namespace) -> None:
                     mean_return, _ = evaluate_policy(self.model, self.eval_env, n_eval_episodes=args.eval_episodes)
                     self.eval_seconds += time.perf_counter() - t0
                     self.curve.append((self.num_timesteps, self.training_seconds(), float(mean_return)))  # type: ignore[arg-type]
-            # --stop-at-stable: rank 0 stops at a stable solve, and every rank stops with it at the end of the rollout
-            return not (args.stop_at_stable and stable_solve(self.curve, threshold) is not None)
+                    # --stop-at-stable: rank 0 stops at a stable solve, every rank with it at the end of the rollout.
+                    # Checked after an evaluation only: this runs at every env step of the timed training.
+                    self.stop = args.stop_at_stable and stable_solve(self.curve, threshold) is not None
+            return not self.stop
 
         def training_seconds(self) -> float:
             return time.perf_counter() - self.start - self.eval_seconds
