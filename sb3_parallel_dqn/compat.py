@@ -120,6 +120,27 @@ OBSERVATION_GATHERS = Internal(
     "code runs on frames stored once",
 )
 
+THRESHOLD_BACKWARD = Internal(
+    "torch:ops.aten.threshold_backward",
+    "autograd's derivative of ReLU (ReluBackward0): threshold_backward(grad, result, 0); the hand-written MLP backward "
+    "(engine/mlp_gradients.py) calls it as autograd does, so that its gradients are loss.backward()'s bit for bit",
+)
+TANH_BACKWARD = Internal(
+    "torch:ops.aten.tanh_backward", "autograd's derivative of tanh (TanhBackward0): tanh_backward(grad, result)"
+)
+SIGMOID_BACKWARD = Internal(
+    "torch:ops.aten.sigmoid_backward",
+    "autograd's derivative of sigmoid (SigmoidBackward0): sigmoid_backward(grad, result)",
+)
+SMOOTH_L1_LOSS_BACKWARD = Internal(
+    "torch:ops.aten.smooth_l1_loss_backward",
+    "autograd's derivative of F.smooth_l1_loss (SmoothL1LossBackward0): smooth_l1_loss_backward(grad, input, target, "
+    "reduction, beta), reduction 0 = none, 1 = mean; with the other formulas the hand-written backward relies on: "
+    "F.linear(x, weight, bias) on a 2-D input is addmm(bias, x, weight.t()), whose backward is grad.mm(weight), "
+    "grad.t().mm(x) and grad.sum(0); gather's is zeros.scatter_add_; mean()'s grad.expand(shape) / numel",
+)
+TENSOR_HOOK_ATTRIBUTES = ("_backward_hooks", "_post_accumulate_grad_hooks")
+
 #: Every internal above, for tests/test_compat.py.
 INTERNALS = (
     SUBPROC_WORKER,
@@ -131,6 +152,10 @@ INTERNALS = (
     GLOBAL_MODULE_HOOKS,
     N_STEPS_IGNORED_WARNING,
     OBSERVATION_GATHERS,
+    THRESHOLD_BACKWARD,
+    TANH_BACKWARD,
+    SIGMOID_BACKWARD,
+    SMOOTH_L1_LOSS_BACKWARD,
 )
 
 #: The protected methods of SB3's ``DQN`` (and its bases) that ``ParallelDQN`` overrides, and what each override
@@ -222,6 +247,28 @@ def has_hooks(modules: Sequence[nn.Module]) -> bool:
         return True
     torch_module = _global_hooks_module()
     return any(getattr(torch_module, name, None) for name in _GLOBAL_HOOK_NAMES)
+
+
+def has_tensor_hooks(tensors: Sequence[th.Tensor]) -> bool:
+    """Whether any of ``tensors`` has a gradient hook (``register_hook``, ``register_post_accumulate_grad_hook``)."""
+    return any(getattr(tensor, name, None) for tensor in tensors for name in TENSOR_HOOK_ATTRIBUTES)
+
+
+def activation_backward(activation: Callable[[th.Tensor], th.Tensor]) -> Callable[[th.Tensor, th.Tensor], th.Tensor] | None:
+    """Autograd's derivative of ``F.relu``, ``th.tanh`` or ``th.sigmoid`` as ``(grad, output) -> grad_input``; else None."""
+    if activation is th.nn.functional.relu:
+        threshold_backward = THRESHOLD_BACKWARD.resolve()
+        return lambda grad, output: threshold_backward(grad, output, 0)
+    if activation is th.tanh:
+        return TANH_BACKWARD.resolve()
+    if activation is th.sigmoid:
+        return SIGMOID_BACKWARD.resolve()
+    return None
+
+
+def smooth_l1_loss_backward(grad: th.Tensor, input: th.Tensor, target: th.Tensor, mean: bool) -> th.Tensor:
+    """Autograd's derivative of ``F.smooth_l1_loss(input, target)`` (beta 1, reduction mean or none) for ``grad``."""
+    return SMOOTH_L1_LOSS_BACKWARD.resolve()(grad, input, target, 1 if mean else 0, 1.0)
 
 
 def subproc_worker() -> Callable[..., None]:

@@ -19,6 +19,33 @@ class NonFiniteError(FloatingPointError):
     """The loss or the (averaged) gradients of a gradient update are NaN or infinite."""
 
 
+def td_target(
+    online_q: QForward,
+    target_q: QForward,
+    replay_data: ReplayBufferSamples,
+    gamma: float,
+    double_q: bool = False,
+) -> th.Tensor:
+    """The 1-step (or n-step) TD target of :func:`td_loss`, a column without gradients (same parameters)."""
+    # For n-step replay, discount factor is gamma**n_steps (when no early termination)
+    discounts = replay_data.discounts if replay_data.discounts is not None else gamma
+
+    with th.no_grad():
+        # Compute the next Q-values using the target network
+        next_q_values = target_q(replay_data.next_observations)
+        if double_q:
+            next_actions = online_q(replay_data.next_observations).argmax(dim=1, keepdim=True)
+            next_q_values = th.gather(next_q_values, dim=1, index=next_actions)
+        else:
+            # Follow greedy policy: use the one with the highest value
+            next_q_values, _ = next_q_values.max(dim=1)
+            # Avoid potential broadcast issue
+            next_q_values = next_q_values.reshape(-1, 1)
+        # 1-step TD target
+        target_q_values = replay_data.rewards + (1 - replay_data.dones) * discounts * next_q_values
+    return target_q_values
+
+
 def td_loss(
     online_q: QForward,
     target_q: QForward,
@@ -39,22 +66,7 @@ def td_loss(
     :param weights: importance weights of prioritized replay, a column, or None for SB3's unweighted mean
     :return: the loss, and with ``weights`` the TD errors of the batch (for the new priorities)
     """
-    # For n-step replay, discount factor is gamma**n_steps (when no early termination)
-    discounts = replay_data.discounts if replay_data.discounts is not None else gamma
-
-    with th.no_grad():
-        # Compute the next Q-values using the target network
-        next_q_values = target_q(replay_data.next_observations)
-        if double_q:
-            next_actions = online_q(replay_data.next_observations).argmax(dim=1, keepdim=True)
-            next_q_values = th.gather(next_q_values, dim=1, index=next_actions)
-        else:
-            # Follow greedy policy: use the one with the highest value
-            next_q_values, _ = next_q_values.max(dim=1)
-            # Avoid potential broadcast issue
-            next_q_values = next_q_values.reshape(-1, 1)
-        # 1-step TD target
-        target_q_values = replay_data.rewards + (1 - replay_data.dones) * discounts * next_q_values
+    target_q_values = td_target(online_q, target_q, replay_data, gamma, double_q)
 
     # Get current Q-values estimates
     current_q_values = online_q(replay_data.observations)

@@ -23,7 +23,7 @@ from sb3_parallel_dqn.distributed.devices import pick_device, set_torch_threads
 from sb3_parallel_dqn.distributed.gradients import broadcast_module_, broadcast_optimizer_
 from sb3_parallel_dqn.engine import TrainingEngine
 from sb3_parallel_dqn.envs import build_env
-from sb3_parallel_dqn.losses import check_finite, td_loss
+from sb3_parallel_dqn.losses import check_finite
 from sb3_parallel_dqn.policies import resolve_dueling
 from sb3_parallel_dqn.prioritized_replay import truncate_last_transitions, with_model_n_steps
 from sb3_parallel_dqn.validation import check_action_space, check_model_kwargs
@@ -297,8 +297,8 @@ class ParallelDQN(DQN):
         try:
             for step in range(gradient_steps):
                 replay_data, weights = engine.sample(batch_size)
-                loss, td_errors = td_loss(engine.online_q, engine.target_q, replay_data, self.gamma, self.double_q, weights)
-                losses.append(engine.backward(loss))
+                loss, td_errors = engine.gradients(replay_data, self.gamma, self.double_q, weights)
+                losses.append(loss)
                 # Clip gradient norm
                 grad_norm = engine.clip_grad_norm_(self.max_grad_norm)
                 n_updates = self._n_updates + step + 1

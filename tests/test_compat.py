@@ -128,6 +128,51 @@ def test_functional_adam_is_adams_step_bit_for_bit():
         assert th.equal(ours, theirs), broken(compat.FUNCTIONAL_ADAM, "no longer matches Adam.step()")
 
 
+@pytest.mark.parametrize(
+    ("activation", "internal"),
+    [
+        (th.nn.functional.relu, compat.THRESHOLD_BACKWARD),
+        (th.tanh, compat.TANH_BACKWARD),
+        (th.sigmoid, compat.SIGMOID_BACKWARD),
+    ],
+)
+def test_activation_backward_is_autograds(activation, internal):
+    x = th.randn(33, 17, requires_grad=True)
+    x.data[0, :4] = 0.0  # ReLU's kink
+    grad = th.randn(33, 17)
+    output = activation(x)
+    output.backward(grad)
+    backward = compat.activation_backward(activation)
+    assert backward is not None
+    assert th.equal(backward(grad, output.detach()), x.grad), broken(internal, "is no longer autograd's derivative")
+    assert compat.activation_backward(th.nn.functional.elu) is None
+
+
+@pytest.mark.parametrize("mean", [True, False])
+def test_smooth_l1_loss_backward_is_autograds(mean):
+    current = th.randn(37, 1, requires_grad=True)
+    target = current.detach() + th.randn(37, 1) * 2  # errors on both sides of beta = 1
+    loss = th.nn.functional.smooth_l1_loss(current, target, reduction="mean" if mean else "none")
+    grad = th.ones(()) if mean else th.rand(37, 1)
+    loss.backward(grad)
+    ours = compat.smooth_l1_loss_backward(grad, current.detach(), target, mean=mean)
+    assert th.equal(ours, current.grad), broken(compat.SMOOTH_L1_LOSS_BACKWARD, "is no longer autograd's derivative")
+
+
+def test_tensor_hooks_are_seen():
+    param = nn.Parameter(th.randn(3))
+    assert not compat.has_tensor_hooks([param])
+    handle = param.register_hook(lambda grad: grad)
+    assert compat.has_tensor_hooks([param]), f"register_hook no longer sets one of {compat.TENSOR_HOOK_ATTRIBUTES}"
+    handle.remove()
+    assert not compat.has_tensor_hooks([param])
+    handle = param.register_post_accumulate_grad_hook(lambda tensor: None)
+    assert compat.has_tensor_hooks([param]), (
+        f"register_post_accumulate_grad_hook no longer sets one of {compat.TENSOR_HOOK_ATTRIBUTES}"
+    )
+    handle.remove()
+
+
 def test_global_hooks_are_seen():
     net = nn.Linear(2, 2)
     assert not compat.has_hooks([net])

@@ -10,6 +10,8 @@ process stays bit-identical to SB3's ``DQN`` (``tests/test_equivalence.py``):
   (:func:`~sb3_parallel_dqn.engine.sampling.sample_batches`); a prioritized buffer is sampled step by step instead,
   since each step's new priorities weigh the next draw, with the importance weights normalised over all ranks;
 - the TD loss's forwards: the lean Q-network forward of the online and the target network;
+- the TD loss's backward: by hand for an MLP Q-network, with autograd's kernels but without its bookkeeping
+  (:class:`~sb3_parallel_dqn.engine.mlp_gradients.MlpTDGradients`);
 - the update: gradients, parameters and Adam's moments on flat buffers
   (:class:`~sb3_parallel_dqn.engine.flat_update.FlatUpdate`), the gradient ``Allreduce`` reading the gradient buffer
   in place (:class:`~sb3_parallel_dqn.distributed.gradients.GradientAverager`).
@@ -30,8 +32,10 @@ from sb3_parallel_dqn.distributed import comm, model_parallel
 from sb3_parallel_dqn.distributed.gradients import GradientAverager
 from sb3_parallel_dqn.distributed.sharded_optimizer import ShardedAdam
 from sb3_parallel_dqn.engine.flat_update import FlatUpdate
+from sb3_parallel_dqn.engine.mlp_gradients import MlpTDGradients, mlp_td_gradients
 from sb3_parallel_dqn.engine.q_forward import QForward, q_forward
 from sb3_parallel_dqn.engine.sampling import sample_batches
+from sb3_parallel_dqn.losses import td_loss, td_target
 from sb3_parallel_dqn.prioritized_replay import PrioritizedReplayBuffer
 
 if TYPE_CHECKING:
@@ -60,7 +64,7 @@ class TrainingEngine:
     """
     The speed paths of one ``ParallelDQN`` model (see the module docstring). The model calls :meth:`start_rollout`
     before each rollout and, for each ``train()``: :meth:`start_updates`, then per gradient step :meth:`sample`,
-    :meth:`backward`, :meth:`clip_grad_norm_` and :meth:`step`, and :meth:`end_updates`. It rebuilds its flat buffers
+    :meth:`gradients`, :meth:`clip_grad_norm_` and :meth:`step`, and :meth:`end_updates`. It rebuilds its flat buffers
     whenever ``load`` or ``set_parameters`` replaced the network or the optimizer.
 
     :param model: the model
@@ -75,6 +79,8 @@ class TrainingEngine:
         self.acting_q: QForward = lambda obs: model.q_net(obs)
         self.online_q: QForward = lambda obs: model.q_net(obs)
         self.target_q: QForward = lambda obs: model.q_net_target(obs)
+        # The hand-written backward of an MLP Q-network (FlatUpdate only); None: autograd's.
+        self.mlp_gradients: MlpTDGradients | None = None
         self.timer: PartTimer | None = None
         self._batches: Iterator[ReplayBufferSamples] | None = None
         self._sampled_leaves: np.ndarray | None = None
@@ -118,6 +124,10 @@ class TrainingEngine:
         self.online_q = q_forward(model.q_net)
         self.target_q = q_forward(model.q_net_target)
         self.prepare_update()
+        update = self.update
+        self.mlp_gradients = (
+            mlp_td_gradients(model.q_net, update.parameters, update.grads) if isinstance(update, FlatUpdate) else None
+        )
         buffer = model.replay_buffer
         if isinstance(buffer, PrioritizedReplayBuffer):
             buffer.set_progress(compat.progress_remaining(model))
@@ -143,20 +153,30 @@ class TrainingEngine:
         self._mark("sample")
         return batch, weights_column
 
-    def backward(self, loss: th.Tensor) -> float:
+    def gradients(
+        self, replay_data: ReplayBufferSamples, gamma: float, double_q: bool, weights: th.Tensor | None
+    ) -> tuple[float, th.Tensor | None]:
         """
-        Zero the gradients, backpropagate ``loss`` and average the gradients over ranks (before clipping, so that every
-        rank clips and steps alike); return the loss, averaged over ranks.
+        The TD loss of ``replay_data`` (:func:`~sb3_parallel_dqn.losses.td_loss`, same parameters) and its gradients,
+        averaged over ranks (before clipping, so that every rank clips and steps alike). Returns the loss, averaged
+        over ranks, and with ``weights`` this rank's TD errors.
         """
         assert self.update is not None
-        self.update.zero_grad()
-        if self.averager is None and not isinstance(self.update, ShardedAdam):
-            loss_value = loss.item()
+        if self.mlp_gradients is None:
+            loss, td_errors = td_loss(self.online_q, self.target_q, replay_data, gamma, double_q, weights)
+            self.update.zero_grad()
             loss.backward()
-            self._mark("forward_backward")
-            return loss_value
-        loss.backward()
+        else:
+            target_q_values = td_target(self.online_q, self.target_q, replay_data, gamma, double_q)
+            loss, td_errors = self.mlp_gradients(replay_data, target_q_values, weights)  # replaces every gradient
         self._mark("forward_backward")
+        return self._average(loss), td_errors
+
+    def _average(self, loss: th.Tensor) -> float:
+        """Average the gradients and ``loss`` over ranks; return the loss."""
+        assert self.update is not None
+        if self.averager is None and not isinstance(self.update, ShardedAdam):
+            return loss.item()
         if isinstance(self.update, ShardedAdam):
             loss_value = self.update.reduce_(loss)  # ZeRO: reduce-scatter, then the norm and the loss
         else:
