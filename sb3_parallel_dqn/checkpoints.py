@@ -158,13 +158,18 @@ def saved_shards(path: str | os.PathLike[str]) -> tuple[list[pathlib.Path], int 
     The files of a per-rank pickle saved under ``path`` (before the rank suffix of :func:`rank_path`) by any number
     of ranks, in rank order, and that number (None when there are none).
 
-    :raises ValueError: when the shards are incomplete (some rank's file is missing)
+    :raises ValueError: when the shards are incomplete (some rank's file is missing), or when both a one-process file
+        and rank files are there (two saves that :func:`save_shard` did not write; which one is meant is unknown)
     """
     base = rank_path(path, world_size=1)
+    ranks = sorted(_rank_files(base))
     if base.exists():
+        if ranks:
+            raise ValueError(
+                f"both {base.name} (saved by one process) and {len(ranks)} rank file(s) {base.stem}.rank<r>.pkl (saved "
+                f"by several) are in {base.parent}: move away the set you do not mean to load"
+            )
         return [base], 1
-    pattern = re.compile(re.escape(base.name[: -len(".pkl")]) + r"\.rank(\d+)\.pkl")
-    ranks = sorted(int(m.group(1)) for p in base.parent.glob("*.pkl") if (m := pattern.fullmatch(p.name)))
     if not ranks:
         return [], None
     world_size = len(ranks)
@@ -172,6 +177,39 @@ def saved_shards(path: str | os.PathLike[str]) -> tuple[list[pathlib.Path], int 
         missing = sorted(set(range(max(ranks) + 1)) - set(ranks))
         raise ValueError(f"incomplete replay buffer shards {base}: rank(s) {missing} missing")
     return [rank_path(base, rank, world_size) for rank in range(world_size)], world_size
+
+
+def save_shard(path: str | os.PathLike[str] | io.BufferedIOBase, write: Callable[[Any], None]) -> None:
+    """
+    Write this rank's file of a per-rank pickle saved under ``path`` (:func:`rank_path`) atomically with
+    ``write(target)``. Rank 0 then deletes what an earlier save under the same name by another number of ranks left
+    and this save does not overwrite (:func:`remove_stale_shards`): a load would otherwise mix the shards of two
+    saves, or take the wrong set. No collective: one rank may save alone.
+    """
+    write_atomically(rank_path(path), "pkl", write)
+    if not isinstance(path, io.BufferedIOBase) and comm.rank() == 0:
+        remove_stale_shards(path, comm.world_size())
+
+
+def remove_stale_shards(path: str | os.PathLike[str], world_size: int) -> list[pathlib.Path]:
+    """
+    Delete the files under ``path`` that a save by ``world_size`` ranks does not write: rank files from rank
+    ``world_size`` on and the one-process file when several ranks save, every rank file when one process does.
+    Returns the files deleted.
+    """
+    base = rank_path(path, world_size=1)
+    stale = [file for rank, file in sorted(_rank_files(base).items()) if world_size == 1 or rank >= world_size]
+    if world_size > 1 and base.exists():
+        stale.append(base)
+    for file in stale:
+        file.unlink(missing_ok=True)
+    return stale
+
+
+def _rank_files(base: pathlib.Path) -> dict[int, pathlib.Path]:
+    """The ``<base>.rank<r>.pkl`` files next to the one-process file ``base``, by r."""
+    pattern = re.compile(re.escape(base.name[: -len(".pkl")]) + r"\.rank(\d+)\.pkl")
+    return {int(m.group(1)): p for p in base.parent.glob("*.pkl") if (m := pattern.fullmatch(p.name))}
 
 
 def shard_for_rank(shards: list[pathlib.Path], rank: int, world_size: int) -> pathlib.Path:

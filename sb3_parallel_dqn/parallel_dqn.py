@@ -387,8 +387,8 @@ class ParallelDQN(DQN):
         return model_parallel.memory_report(self)
 
     def save_replay_buffer(self, path: str | pathlib.Path | io.BufferedIOBase) -> None:
-        """As SB3's, atomically, each rank its own: under MPI rank r writes ``<path>.rank<r>.pkl``."""
-        checkpoints.write_atomically(checkpoints.rank_path(path), "pkl", lambda target: DQN.save_replay_buffer(self, target))
+        """As SB3's, atomically, each rank its own: rank r of several writes ``<path>.rank<r>.pkl`` (see save_shard)."""
+        checkpoints.save_shard(path, lambda target: DQN.save_replay_buffer(self, target))
 
     def load_replay_buffer(self, path: str | pathlib.Path | io.BufferedIOBase, truncate_last_traj: bool = True) -> None:
         """As SB3's, each rank its shard (see :meth:`save_replay_buffer`), on any world size: rank r loads r mod W_saved."""

@@ -113,6 +113,31 @@ def as_rank(monkeypatch, rank, world_size):
     monkeypatch.setattr(comm, "world_size", lambda: world_size)
 
 
+def test_a_save_removes_the_shards_of_an_earlier_save_by_another_world_size(tmp_path, monkeypatch):
+    """Rank 0 deletes the files a save by another number of ranks left under the same name, so no load mixes saves."""
+    model = make_model()
+    model.learn(64)
+
+    def save(world_size):
+        for rank in range(world_size):  # each rank of a job saves its own shard
+            with monkeypatch.context() as patch:
+                as_rank(patch, rank, world_size)
+                model.save_replay_buffer(tmp_path / "buffer")
+        return sorted(p.name for p in tmp_path.iterdir())
+
+    assert save(4) == [f"buffer.rank{rank}.pkl" for rank in range(4)]
+    assert save(2) == ["buffer.rank0.pkl", "buffer.rank1.pkl"]  # not ranks 2 and 3 of the earlier save
+    assert saved_shards(tmp_path / "buffer")[1] == 2
+    assert save(1) == ["buffer.pkl"]
+    assert save(2) == ["buffer.rank0.pkl", "buffer.rank1.pkl"]
+    (tmp_path / "other.pkl").write_bytes(b"")  # another name: left alone
+    assert save(1) == ["buffer.pkl", "other.pkl"]
+    # Both sets side by side (copied there by hand): which one is meant is unknown, so loading refuses.
+    (tmp_path / "buffer.rank0.pkl").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"both buffer.pkl \(saved by one process\) and 1 rank file"):
+        model.load_replay_buffer(tmp_path / "buffer")
+
+
 def test_load_replay_buffer_on_another_world_size(tmp_path, monkeypatch):
     """ParallelDQN.load_replay_buffer: rank r of W loads shard r mod W_saved, whoever saved; an uneven share is refused."""
     model = make_model()
