@@ -2,7 +2,7 @@
 The SB3 habits of an MPI user, under ``mpirun -np 2``:
 
 - ``from mpi4py import MPI`` first, then ``make_vec_env(..., vec_env_cls=SubprocVecEnv)`` with SB3's default start
-  method, ``forkserver`` and ``spawn`` (spawn/forkserver workers re-import this script, and with it mpi4py: they
+  method (``forkserver`` where available) and ``spawn`` (spawn/forkserver workers re-import this script, and with it mpi4py: they
   crashed in ``MPI_Init``, ``PMI_Init returned -1``, while they inherited the launcher's variables);
 - rank 0 alone loads a model (``device="auto"``) before any model was built: this used to hang in a collective
   that the other rank never joined;
@@ -12,6 +12,7 @@ The SB3 habits of an MPI user, under ``mpirun -np 2``:
 Usage: ``user_vec_envs.py MODEL.zip``. Prints one OK line per property and rank.
 """
 
+import multiprocessing
 import sys
 
 import numpy as np
@@ -36,13 +37,16 @@ if __name__ == "__main__":
         print(f"rank 0 loaded alone on {alone.device}: OK", flush=True)
     world.Barrier()
 
-    for start_method in (None, "forkserver", "spawn"):  # None: SB3's default (forkserver where available)
+    # None: SB3's default, forkserver where available (Linux), so forkserver itself only where it is not the default.
+    defaults_to_forkserver = "forkserver" in multiprocessing.get_all_start_methods()
+    for start_method in (None, "spawn") if defaults_to_forkserver else (None, "forkserver", "spawn"):
         vec_env_kwargs = {} if start_method is None else {"start_method": start_method}
         env = make_vec_env("CartPole-v1", n_envs=2, vec_env_cls=SubprocVecEnv, vec_env_kwargs=vec_env_kwargs, seed=0)
         model = ParallelDQN("MlpPolicy", env, learning_starts=100, policy_kwargs={"net_arch": [16]}, seed=0)
         model.learn(300)
         checksums = world.allgather(module_checksum(model.policy))
+        name = f"None ({type(env.processes[0]).__name__})" if start_method is None else start_method
         env.close()
         same = checksums[0] == checksums[1] and model.num_timesteps >= 300 and model._n_updates > 0
-        print(f"rank {rank} SubprocVecEnv start_method={start_method}: {'OK' if same else checksums}", flush=True)
+        print(f"rank {rank} SubprocVecEnv start_method={name}: {'OK' if same else checksums}", flush=True)
     report_devices(n_gpus=2)
