@@ -187,7 +187,7 @@ def save_shard(path: str | os.PathLike[str] | io.BufferedIOBase, write: Callable
     saves, or take the wrong set. No collective: one rank may save alone.
     """
     write_atomically(rank_path(path), "pkl", write)
-    if not isinstance(path, io.BufferedIOBase) and comm.rank() == 0:
+    if not isinstance(path, io.BufferedIOBase) and comm.is_root():
         remove_stale_shards(path, comm.world_size())
 
 

@@ -6,9 +6,10 @@ the engine walking a dozen nodes and accumulating every parameter's gradient. Th
 gradient step (``docs/BENCHMARKS.md``, "Scale-out"). An MLP's backward is short and fixed, so
 :class:`MlpTDGradients` runs the forward without a graph, keeps the layer outputs, and calls the kernels of
 autograd's derivative formulas (:data:`sb3_parallel_dqn.compat.SMOOTH_L1_LOSS_BACKWARD` lists them) in autograd's
-order, writing each parameter's gradient straight into its view of the flat gradient buffer. The gradients, the
-loss and the TD errors are ``loss.backward()``'s bit for bit (``tests/test_mlp_gradients.py``); a gradient that
-autograd would accumulate as ``+0.0`` may be written as ``-0.0``, which no later step tells apart.
+order, and copies each parameter's gradient into its view of the flat gradient buffer (no zeroing needed). The
+gradients, the loss and the TD errors are ``loss.backward()``'s bit for bit (``tests/test_mlp_gradients.py``); a
+gradient that autograd would accumulate onto the zeroed buffer as ``+0.0`` may be copied in as ``-0.0``, which no
+later step tells apart.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ class MlpTDGradients:
     def __init__(self, mlp: LeanMlp, backward: Sequence[tuple[th.Tensor, th.Tensor] | _Backward]) -> None:
         self.mlp = mlp
         self.backward = list(backward)
+        first = self.backward[0]
+        device = first[0].device if isinstance(first, tuple) else None
+        self._one = th.ones((), device=device)  # autograd's seed, d loss / d loss: made once, not at every step
 
     def __call__(
         self, replay_data: ReplayBufferSamples, target_q_values: th.Tensor, weights: th.Tensor | None = None
@@ -56,7 +60,7 @@ class MlpTDGradients:
                 outputs.append(x)
             actions = replay_data.actions.long()
             current_q_values = th.gather(x, dim=1, index=actions)
-            one = th.ones((), device=x.device)  # autograd's seed, d loss / d loss
+            one = self._one
             if weights is None:
                 loss = F.smooth_l1_loss(current_q_values, target_q_values)
                 grad = compat.smooth_l1_loss_backward(one, current_q_values, target_q_values, mean=True)

@@ -2,8 +2,8 @@
 The SB3 habits of an MPI user, under ``mpirun -np 2``:
 
 - ``from mpi4py import MPI`` first, then ``make_vec_env(..., vec_env_cls=SubprocVecEnv)`` with SB3's default start
-  method (``forkserver`` where available) and ``spawn`` (spawn/forkserver workers re-import this script, and with it mpi4py: they
-  crashed in ``MPI_Init``, ``PMI_Init returned -1``, while they inherited the launcher's variables);
+  method (``forkserver`` where available) and ``spawn`` (spawn/forkserver workers re-import this script, and with it
+  mpi4py: they crashed in ``MPI_Init``, ``PMI_Init returned -1``, while they inherited the launcher's variables);
 - rank 0 alone loads a model (``device="auto"``) before any model was built: this used to hang in a collective
   that the other rank never joined;
 - ``device="auto"`` maps rank r to ``cuda:{local_rank % n_gpus}``, the local rank as the launcher published it (this
