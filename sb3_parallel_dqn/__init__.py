@@ -18,6 +18,7 @@ from sb3_parallel_dqn.distributed import comm
 comm.init_if_launched()
 
 if TYPE_CHECKING:
+    from sb3_parallel_dqn.callbacks import ParallelEvalCallback
     from sb3_parallel_dqn.distributed.gradients import WeightsDivergedError
     from sb3_parallel_dqn.distributed.lockstep import LockstepError
     from sb3_parallel_dqn.envs import EnvWorkerError, ParallelSubprocVecEnv, make_parallel_vec_env
@@ -44,6 +45,7 @@ _PUBLIC = {
     "MultiInputPolicy": "policies",
     "NonFiniteError": "losses",
     "ParallelDQN": "parallel_dqn",
+    "ParallelEvalCallback": "callbacks",
     "ParallelSubprocVecEnv": "envs",
     "PrioritizedFrameReplayBuffer": "frame_replay",
     "PrioritizedReplayBuffer": "prioritized_replay",
@@ -68,6 +70,7 @@ __all__ = [
     "MultiInputPolicy",
     "NonFiniteError",
     "ParallelDQN",
+    "ParallelEvalCallback",
     "ParallelSubprocVecEnv",
     "PrioritizedFrameReplayBuffer",
     "PrioritizedReplayBuffer",

@@ -12,7 +12,9 @@ lets ``ParallelDQN.load`` work anywhere. Under a launcher, importing the package
 
 Collectives here are only called from code that every rank runs the same number of times, in the same order
 (``ParallelDQN``'s constructor, ``learn`` and its rollouts and gradient steps); never from code one rank may run
-alone (``load``, evaluation, saving, device choice).
+alone (``load``, evaluation, saving, device choice). Each is watched (:mod:`~sb3_parallel_dqn.distributed.watchdog`):
+when some rank never arrives, the job ends with a message that names the collective (its ``what``) instead of
+hanging.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from sb3_parallel_dqn.distributed import watchdog
 
 if TYPE_CHECKING:
     from mpi4py import MPI
@@ -131,6 +135,7 @@ def comm() -> MPI.Intracomm | None:
     world = MPI.COMM_WORLD
     if world.Get_size() > 1:
         abort_on_uncaught_exception()
+        watchdog.start(world)
     return world
 
 
@@ -207,26 +212,30 @@ def _group(group: Group | None) -> Any:
     return None if world is None or world.Get_size() == 1 else world
 
 
-def allreduce_sum_(array: np.ndarray, group: Group | None = None) -> np.ndarray:
+def allreduce_sum_(array: np.ndarray, group: Group | None = None, what: str = "Allreduce") -> np.ndarray:
     """Sum a contiguous numpy array over the ranks of ``group`` (default: all), in place (one ``Allreduce``)."""
-    return _allreduce_(array, "SUM", group)
+    return _allreduce_(array, "SUM", group, what)
 
 
-def allreduce_max_(array: np.ndarray, group: Group | None = None) -> np.ndarray:
+def allreduce_max_(array: np.ndarray, group: Group | None = None, what: str = "Allreduce (max)") -> np.ndarray:
     """Element-wise maximum of a contiguous numpy array over the ranks of ``group``, in place (one ``Allreduce``)."""
-    return _allreduce_(array, "MAX", group)
+    return _allreduce_(array, "MAX", group, what)
 
 
-def _allreduce_(array: np.ndarray, op: str, group: Group | None) -> np.ndarray:
+def _allreduce_(array: np.ndarray, op: str, group: Group | None, what: str) -> np.ndarray:
     world = _group(group)
     if world is not None:
         from mpi4py import MPI
 
-        world.Allreduce(MPI.IN_PLACE, array, op=getattr(MPI, op))
+        watchdog.enter(what, world)
+        try:
+            world.Allreduce(MPI.IN_PLACE, array, op=getattr(MPI, op))
+        finally:
+            watchdog.leave()
     return array
 
 
-def reduce_scatter_sum_(array: np.ndarray, group: Group | None = None) -> np.ndarray:
+def reduce_scatter_sum_(array: np.ndarray, group: Group | None = None, what: str = "Reduce_scatter") -> np.ndarray:
     """
     Sum the flat ``array`` over the ranks of ``group`` in place (one ``Reduce_scatter_block``): rank k receives the
     k-th of as many equal blocks, at the start of ``array``, and gets that view back. The rest of ``array`` is left
@@ -237,11 +246,15 @@ def reduce_scatter_sum_(array: np.ndarray, group: Group | None = None) -> np.nda
         return array
     from mpi4py import MPI
 
-    world.Reduce_scatter_block(MPI.IN_PLACE, array)
+    watchdog.enter(what, world)
+    try:
+        world.Reduce_scatter_block(MPI.IN_PLACE, array)
+    finally:
+        watchdog.leave()
     return array[: array.size // world.Get_size()]
 
 
-def allgather_(array: np.ndarray, group: Group | None = None) -> np.ndarray:
+def allgather_(array: np.ndarray, group: Group | None = None, what: str = "Allgather") -> np.ndarray:
     """
     Fill the flat ``array`` with every rank's block, in rank order, in place (one ``Allgather``, ``MPI_IN_PLACE``):
     rank k's block is already in the k-th of as many equal parts. Returns ``array``.
@@ -250,7 +263,11 @@ def allgather_(array: np.ndarray, group: Group | None = None) -> np.ndarray:
     if world is not None:
         from mpi4py import MPI
 
-        world.Allgather(MPI.IN_PLACE, array)
+        watchdog.enter(what, world)
+        try:
+            world.Allgather(MPI.IN_PLACE, array)
+        finally:
+            watchdog.leave()
     return array
 
 
@@ -267,41 +284,67 @@ def time_allreduce(array: np.ndarray, repetitions: int = 2_000) -> float:
     return (time.perf_counter() - start) / repetitions
 
 
-def allgather(values: np.ndarray, group: Group | None = None) -> np.ndarray:
+def allgather(values: np.ndarray, group: Group | None = None, what: str = "Allgather") -> np.ndarray:
     """Stack each rank's 1-D array of the same shape and dtype: returns shape ``(group size, *values.shape)``."""
     values = np.ascontiguousarray(values)
     world = _group(group)
     if world is None:
         return values[None].copy()
     out = np.empty((world.Get_size(), *values.shape), dtype=values.dtype)
-    world.Allgather(values, out)
+    watchdog.enter(what, world)
+    try:
+        world.Allgather(values, out)
+    finally:
+        watchdog.leave()
     return out
 
 
-def allgather_object(obj: Any, group: Group | None = None) -> list[Any]:
+def allgather_object(obj: Any, group: Group | None = None, what: str = "allgather") -> list[Any]:
     """Every rank's small picklable object, in rank order (set-up only: never on a hot path)."""
     world = _group(group)
-    return [obj] if world is None else world.allgather(obj)
+    if world is None:
+        return [obj]
+    watchdog.enter(what, world)
+    try:
+        return world.allgather(obj)
+    finally:
+        watchdog.leave()
 
 
-def broadcast_(array: np.ndarray, root: int = 0, group: Group | None = None) -> np.ndarray:
+def broadcast_(array: np.ndarray, root: int = 0, group: Group | None = None, what: str = "Bcast") -> np.ndarray:
     """Overwrite a contiguous numpy array with ``root``'s copy, in place; returns it."""
     world = _group(group)
     if world is not None:
-        world.Bcast(array, root=root)
+        watchdog.enter(what, world)
+        try:
+            world.Bcast(array, root=root)
+        finally:
+            watchdog.leave()
     return array
 
 
-def broadcast_object(obj: Any, root: int = 0, group: Group | None = None) -> Any:
+def broadcast_object(obj: Any, root: int = 0, group: Group | None = None, what: str = "bcast") -> Any:
     """Pickle-broadcast a small Python object from ``root`` (set-up only: never on a hot path)."""
     world = _group(group)
-    return obj if world is None else world.bcast(obj, root=root)
+    if world is None:
+        return obj
+    watchdog.enter(what, world)
+    try:
+        return world.bcast(obj, root=root)
+    finally:
+        watchdog.leave()
 
 
-def split(color: int, key: int) -> Group | None:
+def split(color: int, key: int, what: str = "Split") -> Group | None:
     """A sub-communicator of the ranks with the same ``color``, ordered by ``key`` (``Split``: collective)."""
     world = comm()
-    return None if world is None else world.Split(color, key)
+    if world is None:
+        return None
+    watchdog.enter(what, world)
+    try:
+        return world.Split(color, key)
+    finally:
+        watchdog.leave()
 
 
 _abort_hook_installed = False
@@ -339,3 +382,27 @@ def abort_on_uncaught_exception() -> None:
             world.Abort(1)
 
     sys.excepthook = _hook
+
+
+_written: dict[str, int] = {}  # rank 0: how many times it wrote each file that several ranks may ask for
+_asked: dict[str, int] = {}  # other ranks: how many times they asked for each
+
+
+def announce_written(key: str) -> None:
+    """
+    Rank 0 has finished writing the file ``key`` (a model ``save``): tell the other ranks, without waiting for them
+    (rank 0 may be the only rank that saves). Nothing with one process.
+    """
+    _written[key] = _written.get(key, 0) + 1
+    watchdog.announce_save(key, _written[key])
+
+
+def wait_until_written(key: str, what: str) -> None:
+    """
+    On a rank other than 0: return once rank 0 has written ``key`` as often as this rank has asked for it
+    (:func:`announce_written`), so that a file saved "on every rank" is complete on every rank when ``save`` returns.
+    Watched like a collective with rank 0 (see :mod:`~sb3_parallel_dqn.distributed.watchdog`). If rank 0 saved
+    there alone before, the file it wrote then is already complete, and this returns at once.
+    """
+    _asked[key] = _asked.get(key, 0) + 1
+    watchdog.wait_for_save(key, _asked[key], what)

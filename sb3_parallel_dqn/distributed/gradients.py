@@ -94,7 +94,9 @@ def broadcast_module_(module: th.nn.Module, root: int = 0, group: comm.Group | N
     for dtype in sorted(by_dtype, key=str):
         tensors = by_dtype[dtype]
         flat = th.cat([t.detach().reshape(-1).cpu() for t in tensors])
-        comm.broadcast_(flat.numpy(), root=root, group=group)
+        comm.broadcast_(
+            flat.numpy(), root=root, group=group, what="the broadcast of rank 0's weights (ParallelDQN constructor, learn())"
+        )
         offset = 0
         with th.no_grad():
             for tensor in tensors:
@@ -112,7 +114,7 @@ def broadcast_optimizer_(optimizer: th.optim.Optimizer, root: int = 0, group: co
     if rank == root:
         # Send CPU tensors: load_state_dict() moves them to each rank's own parameter device.
         state = _to_cpu(optimizer.state_dict())
-    state = comm.broadcast_object(state, root=root, group=group)
+    state = comm.broadcast_object(state, root=root, group=group, what="the broadcast of rank 0's optimizer state (learn())")
     if rank != root:
         optimizer.load_state_dict(state)  # type: ignore[arg-type]
 
@@ -152,7 +154,7 @@ def check_synced(module: th.nn.Module, n_updates: int, shards: frozenset[str] = 
         return
     whole = module_checksum(module)
     own = [model_rank, whole, module_checksum(module, skip=shards) if shards else whole]  # the same without shards
-    table = comm.allgather(np.array(own, dtype=np.int64))
+    table = comm.allgather(np.array(own, dtype=np.int64), what="the weight checksum check of train()")
     first_of = {int(row[0]): row for row in reversed(table)}  # the lowest rank that holds each shard
     diverged = [r for r, row in enumerate(table) if row[1] != first_of[int(row[0])][1] or row[2] != table[0][2]]
     if diverged:
@@ -246,7 +248,7 @@ class GradientAverager:
             self._host.copy_(self.buffer)
         elif self.buffer.is_cuda:
             th.cuda.current_stream(self.buffer.device).synchronize()
-        comm.allreduce_sum_(self._mpi_array, self.group)
+        comm.allreduce_sum_(self._mpi_array, self.group, what="the gradient Allreduce of train()")
         if self._host is not None:
             self.buffer.copy_(self._host, non_blocking=True)
         self.clock.add(time.perf_counter() - start)

@@ -76,7 +76,7 @@ def check_same_settings(settings: dict[str, Any]) -> None:
     Raise :class:`LockstepError` on every rank if any value of ``settings`` differs across ranks, naming each such
     setting with every rank's value. One ``allgather`` of the (small, picklable) dict; call it on every rank.
     """
-    by_rank = comm.allgather_object(settings)
+    by_rank = comm.allgather_object(settings, what="the lockstep check of the ParallelDQN constructor / learn()")
     differing = [
         f"{name}: {[values[name] for values in by_rank]}"
         for name in settings
@@ -143,7 +143,8 @@ def agree_on_rollout(
                 float(local_signal == signal.SIGINT),
             ],
             dtype=np.float64,
-        )
+        ),
+        what="the end-of-rollout agreement (collect_rollouts, in learn())",
     )
     any_stop, total_steps, total_episodes, sum_r, sum_l, n_infos, sum_success, n_success, n_sigterm, n_sigint = sums
     means = {"r": sum_r / n_infos, "l": sum_l / n_infos} if n_infos > 0 else {}
@@ -172,7 +173,9 @@ def realign_after_stop(model: Any, stopped: bool) -> None:
     model.exploration_rate = model.exploration_schedule(compat.refresh_progress(model))
     grid = model._mesh
     own_calls = np.array([compat.target_update_calls(model)], dtype=np.int64)
-    calls = comm.allgather(own_calls, group=grid.data_group).reshape(-1)
+    calls = comm.allgather(
+        own_calls, group=grid.data_group, what="the realignment after a callback stop (collect_rollouts)"
+    ).reshape(-1)
     compat.set_target_update_calls(model, int(calls.max()))
     broadcast_module_(model.q_net_target, root=int(calls.argmax()), group=grid.data_group)
 

@@ -56,7 +56,9 @@ class Mesh:
         """
         if seed is not None or self.model_parallel_size == 1:
             return seed
-        return int(comm.broadcast_object(int(np.random.randint(2**31 - 1))))
+        return int(
+            comm.broadcast_object(int(np.random.randint(2**31 - 1)), what="the job seed broadcast (ParallelDQN constructor)")
+        )
 
 
 _meshes: dict[int, Mesh] = {}
@@ -85,8 +87,12 @@ def get(model_parallel_size: int) -> Mesh:
     if model_parallel_size == 1:
         mesh = Mesh(1, world_size, 0, rank, None, None)
     else:
-        model_group = comm.split(color=rank // model_parallel_size, key=rank)
-        data_group = comm.split(color=rank % model_parallel_size, key=rank)
+        model_group = comm.split(
+            color=rank // model_parallel_size, key=rank, what="the mesh set-up (ParallelDQN constructor, load)"
+        )
+        data_group = comm.split(
+            color=rank % model_parallel_size, key=rank, what="the mesh set-up (ParallelDQN constructor, load)"
+        )
         mesh = Mesh(
             model_parallel_size,
             world_size // model_parallel_size,

@@ -109,7 +109,7 @@ def check_identical_observations(model: DQN) -> None:
     checksum = 0
     for array in arrays:
         checksum = zlib.crc32(np.ascontiguousarray(array).tobytes(), checksum)
-    table = comm.allgather(np.array([grid.data_rank, checksum], dtype=np.int64))
+    table = comm.allgather(np.array([grid.data_rank, checksum], dtype=np.int64), what="the observation check of learn()")
     replicas = {int(replica): set(table[table[:, 0] == replica, 1].tolist()) for replica in table[:, 0]}
     if any(len(checksums) > 1 for checksums in replicas.values()):
         raise LockstepError(
@@ -166,7 +166,9 @@ def _gathered_policy(model: DQN, grid: mesh.Mesh) -> DQNPolicy:
         for index, param in enumerate(policy.q_net.parameters())
         if param in sharded and param in policy.optimizer.state
     }
-    by_rank = comm.allgather_object(moments, grid.model_group)
+    by_rank = comm.allgather_object(
+        moments, grid.model_group, what="the gathering of the split optimizer state (ParallelDQN.save)"
+    )
     layers = {id(layer.weight): layer for _, layer in sharded_modules(policy.q_net)}
     optimizer_state = policy.optimizer.state_dict()
     # state_dict() shares each parameter's state dict with the optimizer: new ones, so that the shards stay shards

@@ -47,6 +47,11 @@ def _adam_supported(optimizer: th.optim.Optimizer, parameters: Sequence[th.Tenso
     return flat_adam_supported(optimizer, parameters)
 
 
+# What the watchdog names when a rank never arrives (sb3_parallel_dqn.distributed.watchdog).
+_REDUCE = "the sharded optimizer's gradient Reduce_scatter (train())"
+_GATHER = "the sharded optimizer's Allgather (train(), ParallelDQN.save)"
+
+
 class ShardedAdam:
     """
     The gradient update of ``parameters`` with Adam's state sharded over ``group`` (see the module docstring). It has
@@ -147,15 +152,17 @@ class ShardedAdam:
         """Reduce-scatter the gradients and all-reduce the norm's and the loss's sums; return the mean loss."""
         start = time.perf_counter()
         if self._host is None:
-            comm.reduce_scatter_sum_(self.grad_buffer.detach().numpy(), self.group)
+            comm.reduce_scatter_sum_(self.grad_buffer.detach().numpy(), self.group, what=_REDUCE)
         else:
             self._host.copy_(self.grad_buffer)
-            block = comm.reduce_scatter_sum_(self._host.numpy(), self.group)
+            block = comm.reduce_scatter_sum_(self._host.numpy(), self.group, what=_REDUCE)
             self.grad_block.copy_(th.from_numpy(block))
         self.grad_block.div_(self.size)
         norms = th.stack(compat.foreach_norm(self._pieces, 2.0)).double() if self._pieces else th.zeros(0, dtype=th.float64)
         squares = float((norms.cpu().square() * self._piece_weights).sum())
-        sums = comm.allreduce_sum_(np.array([squares, loss.item() * self.counts_loss]))
+        sums = comm.allreduce_sum_(
+            np.array([squares, loss.item() * self.counts_loss]), what="the sharded optimizer's norm Allreduce (train())"
+        )
         self.clock.add(time.perf_counter() - start)
         self.total_norm = th.tensor(math.sqrt(sums[0]), dtype=th.float32)
         return float(sums[1]) / self.n_replicas
@@ -179,10 +186,10 @@ class ShardedAdam:
     def _allgather_(self, buffer: th.Tensor, block: th.Tensor) -> None:
         """Every rank's ``block`` into its place in the flat ``buffer`` (this rank's is already there), in place."""
         if self._host is None:
-            comm.allgather_(buffer.detach().numpy(), self.group)
+            comm.allgather_(buffer.detach().numpy(), self.group, what=_GATHER)
             return
         self._host[self._own].copy_(block)
-        comm.allgather_(self._host.numpy(), self.group)
+        comm.allgather_(self._host.numpy(), self.group, what=_GATHER)
         buffer.copy_(self._host)
 
     def detach_steps(self) -> None:

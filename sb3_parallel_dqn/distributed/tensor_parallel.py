@@ -38,16 +38,66 @@ from torch.nn import functional as F
 
 from sb3_parallel_dqn.distributed import comm, mesh
 from sb3_parallel_dqn.distributed.comm import Group
+from sb3_parallel_dqn.distributed.lockstep import LockstepError
 
 # Activations that act element by element: they may sit between the two layers of a pair.
 ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.ELU, nn.SELU, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Mish, nn.Softplus, nn.ReLU6)
 
 
+# What the watchdog names when a rank of the model group never arrives (sb3_parallel_dqn.distributed.watchdog).
+SPLIT_FORWARD = (
+    "the split Q-network's Allreduce (a forward or backward pass: predict, q_net(...), train(), evaluation) -- every "
+    "rank of a model group must run each forward pass together"
+)
+
+
 def allreduce_tensor(tensor: th.Tensor, group: Group | None) -> th.Tensor:
     """A new tensor: the sum of ``tensor`` over the group (staged through host memory on a GPU)."""
     out = tensor.detach().to("cpu", copy=True).contiguous()
-    comm.allreduce_sum_(out.numpy(), group)
+    comm.allreduce_sum_(out.numpy(), group, what=SPLIT_FORWARD)
     return out.to(tensor.device, non_blocking=False)
+
+
+# The fingerprint of the last column-parallel layer's input, per group size: the row-parallel layer that follows it
+# sends it with its partial outputs (see _reduce_and_check_inputs). Set and taken within one forward pass.
+_pending_fingerprint: dict[int, float] = {}
+_fingerprint_weights: dict[tuple[int, th.device], th.Tensor] = {}
+
+
+def input_fingerprint(x: th.Tensor) -> float:
+    """
+    A number that differs, almost surely, between two different inputs (position-weighted, so that a permutation
+    of the batch changes it too), and is bit for bit the same for the same input on the same kind of device.
+    """
+    flat = x.detach().reshape(-1)
+    key = (flat.numel(), flat.device)
+    weights = _fingerprint_weights.get(key)
+    if weights is None:
+        weights = _fingerprint_weights[key] = th.linspace(1.0, 2.0, flat.numel(), dtype=th.float64, device=flat.device)
+    return float((flat.double() * weights).sum())
+
+
+def _reduce_and_check_inputs(partial: th.Tensor, group: Group | None, fingerprint: float) -> th.Tensor:
+    """
+    :func:`allreduce_tensor` of the partial outputs, with each rank's input fingerprint in a slot of its own
+    appended to the same ``Allreduce`` (the others add zeros, so every rank receives every fingerprint exactly).
+    Every rank of the group then raises the same :class:`LockstepError` if the pair's input differed across ranks:
+    the shards of a replica computed on different observations and the Q-values would be silently wrong.
+    """
+    size, rank = (1, 0) if group is None else (group.Get_size(), group.Get_rank())
+    values = partial.detach().to("cpu").reshape(-1)
+    staged = th.zeros(values.numel() + size, dtype=th.float64 if values.dtype == th.float64 else th.float32)
+    staged[: values.numel()] = values
+    staged[values.numel() + rank] = fingerprint
+    comm.allreduce_sum_(staged.numpy(), group, what=SPLIT_FORWARD)
+    fingerprints = staged[values.numel() :].tolist()
+    if len(set(fingerprints)) > 1:
+        raise LockstepError(
+            "the ranks of a model-parallel group ran one forward pass of the split Q-network on different inputs "
+            f"(input fingerprints by rank: {fingerprints}): every rank of a model group must pass the same "
+            "observations to predict, q_net(...) and the other forward passes, or the Q-values are wrong"
+        )
+    return staged[: values.numel()].to(partial.dtype).reshape(partial.shape).to(partial.device)
 
 
 class _CopyToModelGroup(th.autograd.Function):
@@ -67,12 +117,12 @@ class _ReduceFromModelGroup(th.autograd.Function):
     """Sums the partial outputs over the model group; the backward passes the gradient on (every shard needs it)."""
 
     @staticmethod
-    def forward(ctx: Any, x: th.Tensor, group: Group | None) -> th.Tensor:
-        return allreduce_tensor(x, group)
+    def forward(ctx: Any, x: th.Tensor, group: Group | None, fingerprint: float | None = None) -> th.Tensor:
+        return allreduce_tensor(x, group) if fingerprint is None else _reduce_and_check_inputs(x, group, fingerprint)
 
     @staticmethod
-    def backward(ctx: Any, grad: th.Tensor) -> tuple[th.Tensor, None]:
-        return grad, None
+    def backward(ctx: Any, grad: th.Tensor) -> tuple[th.Tensor, None, None]:
+        return grad, None, None
 
 
 def split_bounds(size: int, parts: int) -> list[int]:
@@ -132,6 +182,7 @@ class ColumnParallelLinear(_ShardedLinear):
         return whole.narrow(0, self.start, self.stop - self.start)
 
     def forward(self, x: th.Tensor) -> th.Tensor:
+        _pending_fingerprint[self.size] = input_fingerprint(x)  # checked by the row-parallel layer's Allreduce
         return F.linear(_CopyToModelGroup.apply(x, mesh.get(self.size).model_group), self.weight, self.bias)
 
 
@@ -141,7 +192,8 @@ class RowParallelLinear(_ShardedLinear):
     dim = 1
 
     def forward(self, x: th.Tensor) -> th.Tensor:
-        y = _ReduceFromModelGroup.apply(F.linear(x, self.weight), mesh.get(self.size).model_group)
+        fingerprint = _pending_fingerprint.pop(self.size, None)
+        y = _ReduceFromModelGroup.apply(F.linear(x, self.weight), mesh.get(self.size).model_group, fingerprint)
         return y if self.bias is None else y + self.bias
 
 
@@ -226,7 +278,9 @@ def gathered_state_dict(module: nn.Module, group: Group | None) -> dict[str, th.
     layers = sharded_modules(module)
     shards = {f"{prefix}.{name}": state[f"{prefix}.{name}"] for prefix, layer in layers for name in ("weight", "bias")
               if f"{prefix}.{name}" in state}  # fmt: skip
-    by_rank = comm.allgather_object(shards, group)
+    by_rank = comm.allgather_object(
+        shards, group, what="the gathering of the split model's shards (ParallelDQN.save, get_parameters)"
+    )
     for prefix, layer in layers:
         state[f"{prefix}.weight"] = th.cat([shards_of_rank[f"{prefix}.weight"] for shards_of_rank in by_rank], dim=layer.dim)
         if layer.bias is not None and layer.dim == 0:

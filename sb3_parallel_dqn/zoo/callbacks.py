@@ -7,6 +7,7 @@ from pathlib import Path
 
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 
+from sb3_parallel_dqn.callbacks import ParallelEvalCallback
 from sb3_parallel_dqn.checkpoints import ParallelCheckpointCallback, save_vecnormalize, vecnormalize_path
 from sb3_parallel_dqn.distributed import comm, lockstep
 from sb3_parallel_dqn.zoo.envs import EnvSettings, make_callbacks, make_eval_env
@@ -53,9 +54,9 @@ def make_run_callbacks(
     then periodic evaluation every ``eval_freq`` global steps (rank 0 alone; the other ranks simply wait for it at the
     next gradient sync), which keeps ``best_model.zip`` with its normalization statistics.
 
-    ``everywhere``: every rank evaluates, on the same episodes, when the model is split or its optimizer sharded (a
-    split model's forward pass takes its whole group, and saving the best model gathers the shards, collectively);
-    rank 0 alone writes the files.
+    ``everywhere``: every rank evaluates when the model is split or its optimizer sharded (a split model's forward
+    pass takes its whole group, and saving the best model gathers the shards, collectively), and every decision is
+    rank 0's, broadcast (:class:`~sb3_parallel_dqn.callbacks.ParallelEvalCallback`); rank 0 alone writes the files.
     """
     callbacks = make_callbacks(settings)
     if save_freq > 0:
@@ -71,7 +72,7 @@ def make_run_callbacks(
     if eval_freq > 0 and (comm.is_root() or everywhere):
         eval_seed = None if seed is None else seed + EVAL_SEED_OFFSET
         callbacks.append(
-            EvalCallback(
+            (ParallelEvalCallback if everywhere else EvalCallback)(
                 make_eval_env(env_id, settings, seed=eval_seed),
                 # EvalCallback counts this rank's env.step() calls
                 eval_freq=lockstep.calls_per(eval_freq, settings.n_envs),

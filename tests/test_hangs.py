@@ -1,0 +1,144 @@
+"""
+Issue 23, item 2 ("nothing hangs") and item 3's save-then-load on every rank: real ``mpirun -np 2`` jobs
+(tests/mpi_scripts/hang_scenarios.py) that used to block forever must end within 30 s of reaching the call that can
+never complete, with a message naming the rank and the collective; the ones that used to fail must work.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import MPI_SCRIPTS, REPO_DIR, check_ok, mpirun_path, run_mpi
+
+SCENARIOS = str(MPI_SCRIPTS / "hang_scenarios.py")
+# The issue's bound: the job ends within 30 s of the call that never completes.
+END_WITHIN_S = 30.0
+
+
+def run_stuck(mode: str, folder: Path, env: dict | None = None, send_sigterm_after_s: float | None = None):
+    """
+    Start the job, note when rank 0 reports reaching the call that never completes, and return (exit code, seconds
+    from there to the job's end, stderr). With ``send_sigterm_after_s``, SIGTERM goes to mpirun that long after.
+    """
+    command = [mpirun_path(), "-np", "2", sys.executable, SCENARIOS, mode, str(folder)]
+    process = subprocess.Popen(
+        command,
+        cwd=REPO_DIR,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    reached_at = None
+    assert process.stdout is not None
+    deadline = time.monotonic() + 150
+    for line in process.stdout:
+        if '"reached"' in line:
+            reached_at = time.monotonic()
+            break
+        if time.monotonic() > deadline:
+            break
+    if reached_at is not None and send_sigterm_after_s is not None:
+        time.sleep(send_sigterm_after_s)
+        process.send_signal(signal.SIGTERM)
+    try:
+        _, stderr = process.communicate(timeout=END_WITHIN_S + 60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        _, stderr = process.communicate()
+        pytest.fail(f"{mode}: the job hung (killed after {END_WITHIN_S + 60} s)\nstderr:\n{stderr}")
+    assert reached_at is not None, f"{mode}: the job never reached its call\nstderr:\n{stderr}"
+    return process.returncode, time.monotonic() - reached_at, stderr
+
+
+def rank_reports(folder: Path) -> list[dict]:
+    return [json.loads(path.read_text()) for path in sorted(folder.glob("rank*.json"))]
+
+
+def test_item2_a_rank_that_leaves_ends_the_job_naming_it_and_the_collective(tmp_path):
+    """Rank 1's script returns while rank 0 goes into learn(): the job ends fast, naming rank 1 and the collective."""
+    code, seconds, stderr = run_stuck("leave", tmp_path)
+    assert code != 0
+    assert seconds < END_WITHIN_S, stderr
+    assert "rank 1 of its group has left" in stderr
+    assert "the lockstep check of the ParallelDQN constructor / learn()" in stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("mode", "names"),
+    [
+        ("save_split", "the gathering of the split model's shards (ParallelDQN.save"),
+        ("save_sharded", "the sharded optimizer's Allgather (train(), ParallelDQN.save)"),
+        ("predict_split", "every rank of a model group must run each forward pass together"),
+    ],
+)
+def test_item2_a_collective_called_by_rank_0_only_fails_naming_the_call(tmp_path, mode, names):
+    """``if rank == 0: model.save(path)`` (split or sharded) or ``predict`` on rank 0 alone with a split model."""
+    code, seconds, stderr = run_stuck(mode, tmp_path)
+    assert code != 0
+    assert seconds < END_WITHIN_S, stderr
+    assert names in stderr, stderr
+    assert "must run on every rank" in stderr
+
+
+@pytest.mark.slow
+def test_item2_two_ranks_in_collectives_that_never_meet_end_the_job(tmp_path):
+    """Rank 0 saves a split model alone while rank 1 trains: each names its own call and the other's."""
+    code, seconds, stderr = run_stuck("mismatch", tmp_path)
+    assert code != 0
+    assert seconds < END_WITHIN_S, stderr
+    assert "collectives called by some ranks only, or in another order, never meet" in stderr
+    assert "ParallelDQN.save" in stderr
+
+
+@pytest.mark.slow
+def test_item2_a_signal_ends_a_job_blocked_in_a_collective(tmp_path):
+    """SIGTERM to mpirun while rank 0 waits for a rank that only records the stop request: ends within 30 s."""
+    code, seconds, stderr = run_stuck("signal", tmp_path, send_sigterm_after_s=2.0)
+    assert code != 0
+    assert seconds < END_WITHIN_S, stderr
+    assert "SIGTERM arrived" in stderr
+
+
+@pytest.mark.slow
+def test_item2_the_collective_timeout_ends_a_job_whose_rank_never_arrives(tmp_path):
+    """A rank alive but elsewhere (asleep): the configurable collective timeout ends the job, naming the collective."""
+    code, seconds, stderr = run_stuck("timeout", tmp_path, env={"SB3_PARALLEL_DQN_COLLECTIVE_TIMEOUT": "4"})
+    assert code != 0
+    assert seconds < END_WITHIN_S, stderr
+    assert "longer than the collective timeout (4 s" in stderr
+    assert "the lockstep check of the ParallelDQN constructor / learn()" in stderr
+
+
+def test_item3_save_then_load_on_every_rank(tmp_path):
+    """SB3's habit under mpirun: save then load on every rank (rank 1 raised FileNotFoundError); rank 0 may save alone."""
+    check_ok(run_mpi([SCENARIOS, "save_load_everywhere", str(tmp_path)], timeout=120))
+    reports = rank_reports(tmp_path)
+    assert sorted(report["rank"] for report in reports) == [0, 1]
+    assert all(report["loaded"] == 8 and report["rank0_only"] for report in reports)
+
+
+@pytest.mark.slow
+def test_item4_split_model_refuses_different_inputs_on_the_ranks_of_a_group(tmp_path):
+    """A split network's forward on different observations per rank: every rank raises, none gets wrong Q-values."""
+    check_ok(run_mpi([SCENARIOS, "split_inputs", str(tmp_path)], timeout=120))
+    reports = rank_reports(tmp_path)
+    assert len(reports) == 2
+    for report in reports:
+        assert "ran one forward pass of the split Q-network on different inputs" in report["raised"]
+
+
+@pytest.mark.slow
+def test_item2_evaluation_decisions_are_rank_0s_without_a_seed(tmp_path):
+    """The issue's command (sharded optimizer, evaluation, no --seed) hung forever: the ranks disagreed on "new best"."""
+    args = ["-m", "sb3_parallel_dqn.train", "--env", "CartPole-v1", "--shard-optimizer", "-n", "3000"]
+    args += ["--eval-freq", "500", "--eval-episodes", "3", "-f", str(tmp_path / "logs")]
+    check_ok(run_mpi(args, timeout=150, cwd=tmp_path))
+    assert list((tmp_path / "logs").rglob("best_model.zip"))
