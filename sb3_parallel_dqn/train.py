@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sb3_parallel_dqn.distributed import watchdog
 from sb3_parallel_dqn.scaling import SCALING_MODES
 from sb3_parallel_dqn.zoo.experiment import train
 from sb3_parallel_dqn.zoo.hyperparams import DEFAULT_CONF_FILE
@@ -72,6 +73,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="how batch, updates and learning rate follow the number of ranks (overrides the config's scaling; "
         "see sb3_parallel_dqn.scaling): none, sqrt (holds steps to a return), strong (the tuned global dynamics)",
     )  # fmt: skip
+    parser.add_argument(
+        "--collective-timeout", type=_positive_seconds, default=None, metavar="SECONDS",
+        help="end the job when one collective waits longer (default: $SB3_PARALLEL_DQN_COLLECTIVE_TIMEOUT, else 1800)",
+    )  # fmt: skip
     parser.add_argument("--verbose", type=int, default=1, help="0: quiet, 1: training logs")
     parser.add_argument(
         "-params", "--hyperparams", type=str, nargs="+", default=[], metavar="KEY:VALUE",
@@ -80,8 +85,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _positive_seconds(value: str) -> float:
+    seconds = float(value)
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds, not {value}")
+    return seconds
+
+
 def main(argv: list[str] | None = None) -> int:
-    return train(parse_args(argv))
+    args = parse_args(argv)
+    # The collective watchdog's timeout is process-wide (sb3_parallel_dqn.distributed.watchdog), as torch's is.
+    watchdog.set_timeout(args.collective_timeout)
+    return train(args)
 
 
 if __name__ == "__main__":

@@ -142,3 +142,26 @@ def test_item2_evaluation_decisions_are_rank_0s_without_a_seed(tmp_path):
     args += ["--eval-freq", "500", "--eval-episodes", "3", "-f", str(tmp_path / "logs")]
     check_ok(run_mpi(args, timeout=150, cwd=tmp_path))
     assert list((tmp_path / "logs").rglob("best_model.zip"))
+
+
+def test_item2_the_collective_timeout_is_configurable_and_generous_by_default(monkeypatch):
+    """torch's default (30 minutes), the environment variable, set_timeout; a timeout <= 0 is refused."""
+    from sb3_parallel_dqn.distributed import watchdog
+
+    monkeypatch.delenv(watchdog.TIMEOUT_VARIABLE, raising=False)
+    monkeypatch.setattr(watchdog, "_timeout_s", None)
+    assert watchdog.timeout_s() == watchdog.DEFAULT_TIMEOUT_S == 1800
+    monkeypatch.setenv(watchdog.TIMEOUT_VARIABLE, "12.5")
+    assert watchdog.timeout_s() == 12.5
+    watchdog.set_timeout(3)
+    assert watchdog.timeout_s() == 3
+    with pytest.raises(ValueError, match="must be > 0"):
+        watchdog.set_timeout(0)
+
+
+def test_item2_train_refuses_a_collective_timeout_that_is_not_positive():
+    from conftest import run_python
+
+    result = run_python(["-m", "sb3_parallel_dqn.train", "--collective-timeout", "0"], timeout=60)
+    assert result.returncode == 2
+    assert "--collective-timeout: must be > 0 seconds" in result.stderr

@@ -107,6 +107,7 @@ class _Watchdog:
     def __init__(self, world: Any) -> None:
         self.world = world
         self.rank, self.size = world.Get_rank(), world.Get_size()
+        self.pid = os.getpid()  # a forked child (an env worker) inherits the atexit hook, and must not announce
         self.stop = threading.Event()
         self.left: dict[int, float] = {}  # rank -> when its exit was announced (monotonic, here)
         self.stuck: dict[int, tuple[int, str, tuple[int, ...], float]] = {}  # rank -> (id, what, ranks, since here)
@@ -268,7 +269,7 @@ def start(world: Any) -> None:
 def _announce_exit() -> None:
     """At exit: stop the thread, then tell every other rank that this one left (they end the job if they wait)."""
     watchdog = _watchdog
-    if watchdog is None:
+    if watchdog is None or os.getpid() != watchdog.pid:
         return
     watchdog.stop.set()
     watchdog.thread.join(timeout=2 * POLL_S + 1)

@@ -5,11 +5,13 @@ from pathlib import Path
 
 import numpy as np
 
-rows = [json.loads(line) for line in (Path(__file__).parent / "results.jsonl").read_text().splitlines() if line.strip()]
-on = [row for row in rows if row["watchdog"]]
-off = [row for row in rows if not row["watchdog"]]
-print(f"| measure (median of {len(on)} runs on, {len(off)} off) | watchdog off | watchdog on | change |")
+runs = [json.loads(line) for line in (Path(__file__).parent / "results.jsonl").read_text().splitlines() if line.strip()]
+blocks = [block for run in runs for block in run["blocks"]]
+print(f"| measure ({len(runs)} jobs, {len(blocks)} alternating blocks; median) | watchdog off | watchdog on | on / off |")
 print("|---|---|---|---|")
-for key, label in (("update_median_us", "µs per update (train)"), ("allreduce_us", "µs per gradient Allreduce")):
-    a, b = float(np.median([r[key] for r in off])), float(np.median([r[key] for r in on]))
-    print(f"| {label} | {a:.1f} | {b:.1f} | {100 * (b / a - 1):+.1f}% |")
+for key, label in (("update_us", "µs per update (`train`)"), ("allreduce_us", "µs per gradient `Allreduce`")):
+    on = [b[key] for b in blocks if b["on"]]
+    off = [b[key] for b in blocks if not b["on"]]
+    # Each "on" block with the "off" block right after it: the pairs share the machine's state of the moment.
+    pairs = [a[key] / b[key] for a, b in zip(blocks[::2], blocks[1::2], strict=True) if a["on"] and not b["on"]]
+    print(f"| {label} | {np.median(off):.1f} | {np.median(on):.1f} | {np.median(pairs):.3f} (paired) |")
