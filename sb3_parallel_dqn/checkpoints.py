@@ -79,6 +79,22 @@ def write_atomically(path: str | os.PathLike[str] | io.BufferedIOBase, suffix: s
         write(temporary)
 
 
+def write_on_root(path: str | os.PathLike[str] | io.BufferedIOBase, suffix: str, write: Callable[[Any], None]) -> None:
+    """
+    :func:`write_atomically` on rank 0. Called on several ranks, it returns on each once rank 0's file is complete
+    (rank 0 announces each write; the others wait for it, watched as a collective), so that every rank may read the
+    file next, as SB3's save-then-load does; rank 0 may also call it alone (it never waits for the others).
+    """
+    if comm.is_root():
+        write_atomically(path, suffix, write)
+    if comm.world_size() == 1 or isinstance(path, io.BufferedIOBase):
+        return
+    if comm.is_root():
+        comm.announce_written(os.fspath(path))
+    else:
+        comm.wait_until_written(os.fspath(path), f"save({os.fspath(path)!r}), waiting for rank 0 to write it")
+
+
 @overload
 def rank_path(path: io.BufferedIOBase, rank: int | None = None, world_size: int | None = None) -> io.BufferedIOBase: ...
 @overload

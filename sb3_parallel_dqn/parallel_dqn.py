@@ -376,18 +376,11 @@ class ParallelDQN(DQN):
     def save(self, path: str | pathlib.Path | io.BufferedIOBase, exclude: Any = None, include: Any = None) -> None:
         """
         As SB3's, written by rank 0 (all ranks hold the same weights), atomically: a crash keeps the old file. A split
-        model or a sharded optimizer is gathered first, so the file is whole: then call it on every rank. Called on
-        several ranks, it returns on each once rank 0's file is complete (so that every rank may load it next, as
-        SB3's tests do); rank 0 alone may save a plain model.
+        model or a sharded optimizer is gathered first (call it on every rank then). It returns once rank 0's file
+        is complete, on every rank that calls it (see checkpoints.write_on_root); rank 0 may save a plain model alone.
         """
         with model_parallel.whole_model(self):
-            if self._rank == 0:
-                checkpoints.write_atomically(path, "zip", lambda target: DQN.save(self, target, exclude, include))
-        if self._world_size > 1 and isinstance(path, (str, pathlib.Path)):
-            if self._rank == 0:
-                comm.announce_written(str(path))
-            else:
-                comm.wait_until_written(str(path), f"ParallelDQN.save({str(path)!r}), waiting for rank 0 to write it")
+            checkpoints.write_on_root(path, "zip", lambda target: DQN.save(self, target, exclude, include))
 
     def memory_report(self) -> dict[str, int]:
         """Bytes this rank holds: ``parameters``, ``gradients``, ``optimizer`` (state) and ``replay_buffer``."""
