@@ -18,6 +18,7 @@ from conftest import MPI_SCRIPTS, REPO_DIR, check_ok, mpirun_path, run_mpi
 SCENARIOS = str(MPI_SCRIPTS / "hang_scenarios.py")
 # The issue's bound: the job ends within 30 s of the call that never completes.
 END_WITHIN_S = 30.0
+LEARN_CHECK = "the lockstep check of the ParallelDQN constructor / learn()"
 
 
 def run_stuck(mode: str, folder: Path, env: dict | None = None, send_sigterm_after_s: float | None = None):
@@ -61,13 +62,18 @@ def rank_reports(folder: Path) -> list[dict]:
     return [json.loads(path.read_text()) for path in sorted(folder.glob("rank*.json"))]
 
 
+def assert_ends_saying(mode: str, folder: Path, *phrases: str, **options) -> None:
+    """The job of ``mode`` fails within END_WITHIN_S of reaching its call, and its stderr holds every phrase."""
+    code, seconds, stderr = run_stuck(mode, folder, **options)
+    assert code != 0, stderr
+    assert seconds < END_WITHIN_S, stderr
+    for phrase in phrases:
+        assert phrase in stderr, f"{phrase!r} not in:\n{stderr}"
+
+
 def test_item2_a_rank_that_leaves_ends_the_job_naming_it_and_the_collective(tmp_path):
     """Rank 1's script returns while rank 0 goes into learn(): the job ends fast, naming rank 1 and the collective."""
-    code, seconds, stderr = run_stuck("leave", tmp_path)
-    assert code != 0
-    assert seconds < END_WITHIN_S, stderr
-    assert "rank 1 of its group has left" in stderr
-    assert "the lockstep check of the ParallelDQN constructor / learn()" in stderr
+    assert_ends_saying("leave", tmp_path, "rank 1 of its group has left", LEARN_CHECK)
 
 
 @pytest.mark.slow
@@ -81,40 +87,27 @@ def test_item2_a_rank_that_leaves_ends_the_job_naming_it_and_the_collective(tmp_
 )
 def test_item2_a_collective_called_by_rank_0_only_fails_naming_the_call(tmp_path, mode, names):
     """``if rank == 0: model.save(path)`` (split or sharded) or ``predict`` on rank 0 alone with a split model."""
-    code, seconds, stderr = run_stuck(mode, tmp_path)
-    assert code != 0
-    assert seconds < END_WITHIN_S, stderr
-    assert names in stderr, stderr
-    assert "must run on every rank" in stderr
+    assert_ends_saying(mode, tmp_path, names, "must run on every rank")
 
 
 @pytest.mark.slow
 def test_item2_two_ranks_in_collectives_that_never_meet_end_the_job(tmp_path):
     """Rank 0 saves a split model alone while rank 1 trains: each names its own call and the other's."""
-    code, seconds, stderr = run_stuck("mismatch", tmp_path)
-    assert code != 0
-    assert seconds < END_WITHIN_S, stderr
-    assert "collectives called by some ranks only, or in another order, never meet" in stderr
-    assert "ParallelDQN.save" in stderr
+    never_meet = "collectives called by some ranks only, or in another order, never meet"
+    assert_ends_saying("mismatch", tmp_path, never_meet, "ParallelDQN.save")
 
 
 @pytest.mark.slow
 def test_item2_a_signal_ends_a_job_blocked_in_a_collective(tmp_path):
     """SIGTERM to mpirun while rank 0 waits for a rank that only records the stop request: ends within 30 s."""
-    code, seconds, stderr = run_stuck("signal", tmp_path, send_sigterm_after_s=2.0)
-    assert code != 0
-    assert seconds < END_WITHIN_S, stderr
-    assert "SIGTERM arrived" in stderr
+    assert_ends_saying("signal", tmp_path, "SIGTERM arrived", send_sigterm_after_s=2.0)
 
 
 @pytest.mark.slow
 def test_item2_the_collective_timeout_ends_a_job_whose_rank_never_arrives(tmp_path):
     """A rank alive but elsewhere (asleep): the configurable collective timeout ends the job, naming the collective."""
-    code, seconds, stderr = run_stuck("timeout", tmp_path, env={"SB3_PARALLEL_DQN_COLLECTIVE_TIMEOUT": "4"})
-    assert code != 0
-    assert seconds < END_WITHIN_S, stderr
-    assert "longer than the collective timeout (4 s" in stderr
-    assert "the lockstep check of the ParallelDQN constructor / learn()" in stderr
+    timeout = {"SB3_PARALLEL_DQN_COLLECTIVE_TIMEOUT": "4"}
+    assert_ends_saying("timeout", tmp_path, "longer than the collective timeout (4 s", LEARN_CHECK, env=timeout)
 
 
 def test_item3_save_then_load_on_every_rank(tmp_path):
