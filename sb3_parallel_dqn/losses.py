@@ -7,12 +7,15 @@ https://arxiv.org/abs/1511.05952). With neither, the float operations are SB3's,
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch as th
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from torch.nn import functional as F
 
-from sb3_parallel_dqn.engine.q_forward import QForward
+if TYPE_CHECKING:
+    # Annotations only: at run time the engine imports this module (importing the engine here was a cycle).
+    from sb3_parallel_dqn.engine.q_forward import QForward
 
 
 class NonFiniteError(FloatingPointError):

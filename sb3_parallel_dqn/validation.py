@@ -7,10 +7,12 @@ fails with a :class:`ConfigError` naming the argument, before anything is built,
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from gymnasium import spaces
 
 
@@ -45,8 +47,18 @@ class ConfigError(ValueError):
         return (type(self), (self.reason, self.file, self.entry, self.key))
 
 
-class UnsupportedSpaceError(ValueError):
-    """The env's action space is not one DQN can act in (``Discrete``)."""
+class ConfigAssertionError(ConfigError, AssertionError):
+    """
+    A :class:`ConfigError` for a value that SB3 itself refuses with an assertion (``train_freq=0``: SB3 asserts at the
+    first rollout), so that code written for SB3 that catches ``AssertionError`` catches this too.
+    """
+
+
+class UnsupportedSpaceError(ValueError, AssertionError):
+    """
+    The env's action space is not one DQN can act in (``Discrete``). SB3 refuses one with an ``AssertionError``
+    (``assert isinstance(action_space, supported)``), which code written for SB3 catches: this is one too.
+    """
 
 
 def check_action_space(action_space: spaces.Space, env_name: str = "this env") -> None:
@@ -61,17 +73,20 @@ def check_action_space(action_space: spaces.Space, env_name: str = "this env") -
 # --- conversion of single values; each raises ConfigError(reason) and the caller adds file/entry/key ---------
 
 
-def number(value: Any) -> float:
-    """A finite real number; booleans (an ``int`` subclass) and strings are refused."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+def number(value: Any, allow_inf: bool = False) -> float:
+    """
+    A finite real number (or, with ``allow_inf``, also an infinite one), also a NumPy scalar as SB3 takes them
+    (``np.int64(32)``, ``np.float32(0.99)``); booleans (an ``int`` subclass) and strings are refused.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         hint = ""
         if isinstance(value, str):
             # PyYAML follows YAML 1.1, where ``1e5`` (no dot) is a string: the zoo writes ``!!float 1e5``.
             hint = "; write numbers in scientific notation as !!float 1e5"
         raise ConfigError(f"expected a number, got {type(value).__name__} {value!r}{hint}")
-    if not math.isfinite(value):
+    if math.isnan(value) or (math.isinf(value) and not allow_inf):
         raise ConfigError(f"expected a finite number, got {value!r}")
-    return value
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
 
 
 def integer(value: Any) -> int:
@@ -94,9 +109,9 @@ def int_at_least(minimum: int) -> Callable[[Any], int]:
     return convert
 
 
-def float_in(check: Callable[[float], bool], bounds: str) -> Callable[[Any], float]:
+def float_in(check: Callable[[float], bool], bounds: str, allow_inf: bool = False) -> Callable[[Any], float]:
     def convert(value: Any) -> float:
-        result = float(number(value))
+        result = float(number(value, allow_inf))
         if not check(result):
             raise ConfigError(f"must satisfy {bounds}, got {result!r}")
         return result
@@ -118,10 +133,26 @@ def of_type(*types: type) -> Callable[[Any], Any]:
     return convert
 
 
+def flag(value: Any) -> bool:
+    """A boolean, also NumPy's (``np.bool_``); numbers and strings are refused."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ConfigError(f"expected bool, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
 def gradient_steps(value: Any) -> int:
+    """As SB3: 0 collects without training (a way to fill the buffer), -1 as many steps as collected transitions."""
     result = integer(value)
-    if result < 1 and result != -1:
-        raise ConfigError(f"must be >= 1, or -1 for as many steps as collected transitions, got {result}")
+    if result < -1:
+        raise ConfigError(f"must be >= 0, or -1 for as many steps as collected transitions, got {result}")
+    return result
+
+
+def _frequency(value: Any) -> int:
+    result = integer(value)
+    if result < 1:
+        # SB3 asserts "Should at least collect one step or episode." at the first rollout
+        raise ConfigAssertionError(f"must be >= 1 (at least one step or episode per rollout), got {result}")
     return result
 
 
@@ -129,13 +160,16 @@ def train_freq(value: Any) -> int | tuple[int, str]:
     if isinstance(value, (list, tuple)):
         if len(value) != 2 or value[1] not in ("step", "episode"):
             raise ConfigError(f"expected an integer or [<frequency>, 'step' | 'episode'], got {value!r}")
-        return (int_at_least(1)(value[0]), value[1])
-    return int_at_least(1)(value)
+        return (_frequency(value[0]), value[1])
+    return _frequency(value)
 
 
 def learning_rate(value: Any) -> float | Callable[[float], float]:
-    """A positive number, or a schedule (a callable of the remaining progress, which is not checked)."""
-    return value if callable(value) else float_in(lambda v: v > 0, "learning_rate > 0")(value)
+    """
+    A number >= 0 (0, as in SB3 and torch's Adam, leaves the weights as they are), or a schedule (a callable of the
+    remaining progress, which is not checked).
+    """
+    return value if callable(value) else float_in(lambda v: v >= 0, "learning_rate >= 0")(value)
 
 
 #: The rule of each checked constructor argument of ``ParallelDQN`` (the zoo adds the keys of its config files).
@@ -144,7 +178,7 @@ ARGUMENT_RULES: dict[str, Callable[[Any], Any]] = {
     "buffer_size": int_at_least(1),
     "learning_starts": int_at_least(0),
     "batch_size": int_at_least(1),
-    "tau": float_in(lambda v: 0 < v <= 1, "0 < tau <= 1"),
+    "tau": float_in(lambda v: 0 <= v <= 1, "0 <= tau <= 1"),  # SB3's range; 0 never moves the target network
     "gamma": probability("gamma"),
     "train_freq": train_freq,
     "gradient_steps": gradient_steps,
@@ -152,15 +186,16 @@ ARGUMENT_RULES: dict[str, Callable[[Any], Any]] = {
     "exploration_fraction": probability("exploration_fraction"),
     "exploration_initial_eps": probability("exploration_initial_eps"),
     "exploration_final_eps": probability("exploration_final_eps"),
-    "max_grad_norm": float_in(lambda v: v > 0, "max_grad_norm > 0"),
+    # As torch's clip_grad_norm_ (SB3's): inf never clips, 0 zeroes the gradients; a negative one would flip them
+    "max_grad_norm": float_in(lambda v: v >= 0, "max_grad_norm >= 0", allow_inf=True),
     "n_steps": int_at_least(1),
-    "double_q": of_type(bool),
-    "optimize_memory_usage": of_type(bool),
+    "double_q": flag,
+    "optimize_memory_usage": flag,
     "stats_window_size": int_at_least(1),
     "sync_check_interval": int_at_least(0),
     "n_envs": int_at_least(1),
     "model_parallel_size": int_at_least(1),
-    "shard_optimizer": of_type(bool),
+    "shard_optimizer": flag,
 }
 
 
@@ -177,4 +212,4 @@ def check_model_kwargs(**kwargs: Any) -> None:
             try:
                 ARGUMENT_RULES[key](value)
             except ConfigError as err:
-                raise ConfigError(err.reason, key=key) from None
+                raise type(err)(err.reason, key=key) from None

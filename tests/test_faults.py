@@ -212,7 +212,7 @@ def test_bad_input_under_mpirun_is_reported_once(tmp_path):
     "kwargs, key",
     [({"batch_size": 0}, "batch_size"), ({"buffer_size": -5}, "buffer_size"), ({"exploration_final_eps": 1.5},
      "exploration_final_eps"), ({"gamma": "0.99"}, "gamma"), ({"train_freq": (4, "epoch")}, "train_freq"),
-     ({"learning_rate": -1.0}, "learning_rate"), ({"gradient_steps": 0}, "gradient_steps"), ({"n_envs": 0}, "n_envs")],
+     ({"learning_rate": -1.0}, "learning_rate"), ({"gradient_steps": -2}, "gradient_steps"), ({"n_envs": 0}, "n_envs")],
 )  # fmt: skip
 def test_python_api_refuses_bad_values(kwargs, key):
     with pytest.raises(ConfigError, match=f"key '{key}'"):
