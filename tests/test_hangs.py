@@ -120,7 +120,8 @@ def test_item3_save_then_load_on_every_rank(tmp_path):
 
 @pytest.mark.slow
 def test_item4_split_model_refuses_different_inputs_on_the_ranks_of_a_group(tmp_path):
-    """A split network's forward on different observations per rank: every rank raises, none gets wrong Q-values."""
+    """A split network's forward on different observations per rank: every rank raises, none gets wrong Q-values.
+    The same observations pass, NaN ones included (a set of NaN fingerprints has two members)."""
     check_ok(run_mpi([SCENARIOS, "split_inputs", str(tmp_path)], timeout=120))
     reports = rank_reports(tmp_path)
     assert len(reports) == 2

@@ -90,11 +90,13 @@ def _reduce_and_check_inputs(partial: th.Tensor, group: Group | None, fingerprin
     staged[: values.numel()] = values
     staged[values.numel() + rank] = fingerprint
     comm.allreduce_sum_(staged.numpy(), group, what=SPLIT_FORWARD)
-    fingerprints = staged[values.numel() :].tolist()
-    if len(set(fingerprints)) > 1:
+    fingerprints = staged[values.numel() :]
+    # Compared bit for bit: the same input gives the same bits, NaN included (as numbers, NaN != NaN).
+    bits = fingerprints.numpy().view(f"u{staged.element_size()}")
+    if (bits != bits[0]).any():
         raise LockstepError(
             "the ranks of a model-parallel group ran one forward pass of the split Q-network on different inputs "
-            f"(input fingerprints by rank: {fingerprints}): every rank of a model group must pass the same "
+            f"(input fingerprints by rank: {fingerprints.tolist()}): every rank of a model group must pass the same "
             "observations to predict, q_net(...) and the other forward passes, or the Q-values are wrong"
         )
     return staged[: values.numel()].to(partial.dtype).reshape(partial.shape).to(partial.device)

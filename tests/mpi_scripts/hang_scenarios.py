@@ -94,6 +94,7 @@ elif MODE == "split_inputs":
     model = ParallelDQN("MlpPolicy", "CartPole-v1", **SMALL, model_parallel_size=2)
     same = np.full((3, 4), 0.5, dtype=np.float32)
     model.predict(same)  # the same observations: fine
+    model.predict(np.full((3, 4), np.nan, dtype=np.float32))  # NaN too (compared bit for bit, not as numbers)
     own = np.full((3, 4), 0.5 + RANK, dtype=np.float32)
     try:
         model.predict(own)
