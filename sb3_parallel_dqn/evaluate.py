@@ -16,12 +16,14 @@ entry of the env in ``-conf``. Actions are greedy unless ``--stochastic``.
 Loading a model unpickles objects stored in its zip, which can run code: only evaluate files you trust. For any other
 file use ``--weights-only``: the model is built from the config (``policy``, ``policy_kwargs``) and only its tensors
 are read from the zip (``policy.pth``, with ``torch.load(weights_only=True)``; see :mod:`sb3_parallel_dqn.safe_load`).
-``--weights-only`` refuses configs with ``normalize``, whose statistics file is a pickle too. The config is parsed
-without ``eval``, but its ``env_wrapper``, ``vec_env_wrapper`` and ``callback`` keys import installed modules: read a
-config that came with an untrusted model before using it.
+``--weights-only`` refuses configs with ``normalize``, whose statistics file is a pickle too. It runs no code that came
+with the model: a config found next to the model that names modules to import (``env_wrapper``, ``vec_env_wrapper``,
+``callback``) is refused (pass the config you trust with ``-conf``), and no named module is imported from the model's
+folder or the working directory (first on ``sys.path`` under ``python -m``). The config is parsed without ``eval``,
+but those keys import installed modules: read a config that came with an untrusted model before using it.
 
-A bad input (unknown env, missing, truncated or corrupt model file, a model trained on other spaces than the env's,
-a bad config) ends with one ``error:`` line on stderr and exit code 2.
+A bad input (unknown env, missing, truncated or corrupt model file, a model of another algorithm, a model trained on
+other spaces than the env's, a bad config) ends with one ``error:`` line on stderr and exit code 2.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import pickletools
 import warnings
 import zipfile
 import zlib
@@ -43,6 +44,13 @@ from sb3_parallel_dqn.parallel_dqn import ParallelDQN
 #: The zip member holding the policy's ``state_dict`` in an SB3 model file (``BaseAlgorithm.save``).
 POLICY_MEMBER = "policy.pth"
 
+#: The largest ``policy.pth`` read, in bytes once decompressed: 1 GiB, some 130 million float32 parameters for the
+#: Q-network and its target together (the NatureCNN policy of an Atari model takes 13 MB). A file whose ``policy.pth``
+#: is larger is refused before any of it is decompressed, so that a small crafted zip (a "zip bomb") cannot fill the
+#: memory. It is read when a file is read: set ``sb3_parallel_dqn.safe_load.MAX_POLICY_BYTES`` higher for a larger
+#: model you trust. (The command lines' checks of a file they then load in full, which trusts it, pass no bound.)
+MAX_POLICY_BYTES = 1 << 30
+
 
 class ModelFileError(ValueError):
     """A model file that cannot be loaded: not a zip, no or corrupt ``policy.pth``, or weights that do not fit."""
@@ -52,7 +60,7 @@ class UnsafeModelFileError(ModelFileError):
     """A ``policy.pth`` that holds pickled objects besides tensors, which ``torch.load(weights_only=True)`` refuses."""
 
 
-def read_policy_state_dict(path: str | os.PathLike[str]) -> dict[str, th.Tensor]:
+def read_policy_state_dict(path: str | os.PathLike[str], max_bytes: int | None = None) -> dict[str, th.Tensor]:
     """
     The policy's ``state_dict`` stored in an SB3 model zip, read without unpickling any object.
 
@@ -60,6 +68,8 @@ def read_policy_state_dict(path: str | os.PathLike[str]) -> dict[str, th.Tensor]
     ``data`` member and the others are never opened.
 
     :param path: the model file (``.zip``)
+    :param max_bytes: the largest ``policy.pth`` read (decompressed); default :data:`MAX_POLICY_BYTES`, as it is
+        at the call
     :return: parameter and buffer names mapped to CPU tensors
     :raises FileNotFoundError: when ``path`` does not exist
     :raises UnsafeModelFileError: when ``policy.pth`` holds anything ``weights_only`` refuses
@@ -68,7 +78,7 @@ def read_policy_state_dict(path: str | os.PathLike[str]) -> dict[str, th.Tensor]
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"model file not found: {path}")
-    payload = _read_member(path, POLICY_MEMBER)
+    payload = _read_member(path, POLICY_MEMBER, MAX_POLICY_BYTES if max_bytes is None else max_bytes)
     try:
         # torch warns about pickle protocols it did not write before refusing them; the refusal is what we report.
         with warnings.catch_warnings():
@@ -91,6 +101,24 @@ def read_policy_state_dict(path: str | os.PathLike[str]) -> dict[str, th.Tensor]
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, th.Tensor) for k, v in state.items()):
         raise ModelFileError(f"{path}: {POLICY_MEMBER} is not a state_dict of tensors (it holds a {type(state).__name__})")
     return state
+
+
+def check_dqn_state_dict(state: dict[str, th.Tensor], source: str) -> None:
+    """
+    Raise a :class:`ModelFileError` unless ``state`` is a DQN policy's: a Q-network and its target network
+    (``q_net.*`` and ``q_net_target.*`` keys), as SB3's ``DQN`` and ``ParallelDQN`` save them. A model of another
+    algorithm (PPO's ``mlp_extractor``, ``action_net`` and ``value_net``...) is refused from its tensors alone,
+    before anything unpickles its ``data`` or builds a model or an env for it.
+
+    :param state: a ``state_dict`` read by :func:`read_policy_state_dict`
+    :param source: the file, for the message
+    """
+    if not any(key.startswith("q_net.") for key in state) or not any(key.startswith("q_net_target.") for key in state):
+        parts = ", ".join(sorted({key.split(".")[0] for key in state})) or "none"
+        raise ModelFileError(
+            f"{source}: not a DQN model: its {POLICY_MEMBER} has no q_net and q_net_target weights (it has: {parts}); "
+            "is it a model of another algorithm?"
+        )
 
 
 def set_policy_weights(model: ParallelDQN, path: str | os.PathLike[str]) -> None:
@@ -183,11 +211,19 @@ def build_with_weights(
     return model
 
 
-def _read_member(path: str, name: str) -> bytes:
-    """The bytes of one member of a zip, every failure a :class:`ModelFileError`."""
+def _read_member(path: str, name: str, max_bytes: int) -> bytes:
+    """The bytes of one member of a zip, at most ``max_bytes`` of them; every failure a :class:`ModelFileError`."""
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
+            # The size the zip declares is the most zipfile decompresses (it stops there), so a member declared
+            # small cannot grow while it is read.
+            size = archive.getinfo(name).file_size if name in names else 0
+            if size > max_bytes:
+                raise ModelFileError(
+                    f"{path}: {name} is {size} bytes once decompressed, over the limit of {max_bytes} "
+                    "(sb3_parallel_dqn.safe_load.MAX_POLICY_BYTES; raise it for a larger model you trust)"
+                )
             # read() checks the member's CRC, so a damaged member is an error here rather than odd tensors later.
             payload = archive.read(name) if name in names else None
     except zipfile.BadZipFile as err:
@@ -200,6 +236,57 @@ def _read_member(path: str, name: str) -> bytes:
         members = ", ".join(sorted(names)) or "none"
         raise ModelFileError(f"{path}: no {name} in the zip (members: {members}); is it an SB3 model file?")
     return payload
+
+
+_PICKLE_OPCODES = {op.code.encode("latin-1"): op for op in pickletools.opcodes}
+# How an opcode's argument says its own length (pickletools' ArgumentDescriptor.n): the bytes of the length, signed.
+_LENGTH_PREFIXES = {
+    pickletools.TAKEN_FROM_ARGUMENT1: (1, False),
+    pickletools.TAKEN_FROM_ARGUMENT4: (4, True),
+    pickletools.TAKEN_FROM_ARGUMENT4U: (4, False),
+    pickletools.TAKEN_FROM_ARGUMENT8U: (8, False),
+}
+
+
+def check_pickle_complete(path: str | os.PathLike[str]) -> None:
+    """
+    Raise a ``ValueError`` naming ``path`` unless it holds a whole pickle: a stream of opcodes that reaches the final
+    ``STOP``, every argument within the file. Nothing is unpickled: the opcodes are walked and the payloads they carry
+    (the arrays of a replay buffer) are skipped over without being read, so that a truncated file (an interrupted
+    copy, a full disk) is found in a fraction of the time its load would take, before any of that load.
+    """
+    path = os.fspath(path)
+    size = os.path.getsize(path)
+    with open(path, "rb") as stream:
+        while True:
+            where = stream.tell()
+            code = stream.read(1)
+            if not code:
+                raise ValueError(f"{path}: truncated: it ends at byte {size}, before the end of its pickle (STOP)")
+            op = _PICKLE_OPCODES.get(code)
+            if op is None:
+                raise ValueError(f"{path}: not a pickle, or a damaged one: byte {where} is no pickle opcode ({code!r})")
+            if op.name == "STOP":
+                return
+            if op.arg is None:
+                continue
+            length = op.arg.n
+            if length == pickletools.UP_TO_NEWLINE:
+                if not stream.readline().endswith(b"\n"):
+                    raise ValueError(f"{path}: truncated: it ends in the argument of {op.name} at byte {where}")
+                continue
+            if length in _LENGTH_PREFIXES:
+                n_bytes, signed = _LENGTH_PREFIXES[length]
+                prefix = stream.read(n_bytes)
+                if len(prefix) < n_bytes:
+                    raise ValueError(f"{path}: truncated: it ends in the argument of {op.name} at byte {where}")
+                length = int.from_bytes(prefix, "little", signed=signed)
+            if length < 0 or stream.tell() + length > size:
+                raise ValueError(
+                    f"{path}: truncated: {op.name} at byte {where} holds {length} bytes, past the end of the file "
+                    f"({size} bytes)"
+                )
+            stream.seek(length, os.SEEK_CUR)
 
 
 def _first_line(err: BaseException) -> str:

@@ -16,7 +16,9 @@ finds. Here :func:`split_hyperparams` imports the named module, looks the name u
 is a class deriving from ``gymnasium.Wrapper``, ``VecEnvWrapper`` or ``BaseCallback`` respectively; anything else
 (``os.system``, ``builtins.eval``, ``subprocess.Popen``, a missing name) is a :class:`ConfigError` before anything is
 called or any env is built. The config can thus only pick installed classes of those kinds, never run code of its
-own; importing the named module does run that module's top-level code, as any import does.
+own; importing the named module does run that module's top-level code, as any import does. For a weights-only load
+(``refuse_imports_from``), a module that would come from the model's folder or the working directory (which
+``python -m`` puts on ``sys.path``) is refused before it is imported.
 """
 
 from __future__ import annotations
@@ -24,8 +26,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib
+import importlib.util
 import inspect
 import os
+import pathlib
+import sys
 from typing import Any
 
 import gymnasium as gym
@@ -122,10 +127,55 @@ class EnvSettings:
     callbacks: tuple[ClassSpec, ...] = ()
 
 
-def _import_class(name: str | type, base: type, key: str) -> type:
+#: The keys whose values name classes to import, and the base class each named class must derive from.
+CLASS_KEYS: dict[str, type] = {"env_wrapper": gym.Wrapper, "vec_env_wrapper": VecEnvWrapper, "callback": BaseCallback}
+
+
+def named_classes(hyperparams: dict[str, Any]) -> list[str]:
+    """``"<key>: <dotted name>"`` for each class an entry names by import path (nothing is imported to list them)."""
+    return [
+        f"{key}: {name}" for key in CLASS_KEYS for name, _ in class_entries(hyperparams.get(key), key) if isinstance(name, str)
+    ]
+
+
+def _check_import_origin(module_name: str, name: str, key: str, refused: tuple[pathlib.Path, ...]) -> None:
+    """
+    Refuse, before it is imported, a module whose top-level package would come from one of the ``refused`` folders
+    (found there through ``sys.path``: ``''`` or the working directory that ``python -m`` puts first, a model's
+    folder...). Only where the package lies is looked up (``importlib.util.find_spec`` of the top-level name, which
+    runs none of its code); an installed package or one imported already is not affected.
+    """
+    top = module_name.partition(".")[0]
+    module = sys.modules.get(top)
+    if module is not None:
+        # Imported already, so nothing of it runs again; a namespace package can still find new portions, though.
+        locations = [str(location) for location in getattr(module, "__path__", [])]
+    else:
+        try:
+            spec = importlib.util.find_spec(top)
+        except (ImportError, ValueError):
+            return  # the import below fails, with its own message
+        if spec is None:
+            return
+        locations = list(spec.submodule_search_locations or [])
+        if not locations and spec.has_location and spec.origin is not None:
+            locations = [spec.origin]
+    for location in locations:
+        folder = pathlib.Path(location).resolve().parent
+        if folder in refused:
+            raise ConfigError(
+                f"{name!r} would be imported from {folder}, and a weights-only load imports nothing from the model's "
+                "folder or the working directory: install the module that defines it, or load the model in full "
+                "if you trust its files",
+                key=key,
+            )
+
+
+def _import_class(name: str | type, base: type, key: str, refused: tuple[pathlib.Path, ...] = ()) -> type:
     """The class that ``name`` (``package.module.Class``) stands for, if it is a subclass of ``base``."""
     if isinstance(name, str):
         module_name, _, attribute = name.rpartition(".")
+        _check_import_origin(module_name, name, key, refused)
         try:
             module = importlib.import_module(module_name)
         except Exception as err:  # ImportError, or whatever the module's own top-level code raised
@@ -157,7 +207,9 @@ def _check_signature(cls: type, positional: tuple[Any, ...], kwargs: dict[str, A
         raise ConfigError(f"invalid keyword arguments for {name!r}: {err}", key=key) from None
 
 
-def resolve_classes(value: Any, key: str, base: type, n_positional: int = 0) -> tuple[ClassSpec, ...]:
+def resolve_classes(
+    value: Any, key: str, base: type, n_positional: int = 0, refuse_imports_from: tuple[pathlib.Path, ...] = ()
+) -> tuple[ClassSpec, ...]:
     """
     Import and check the classes of a zoo class key (``env_wrapper``, ``vec_env_wrapper``, ``callback``).
 
@@ -166,20 +218,23 @@ def resolve_classes(value: Any, key: str, base: type, n_positional: int = 0) -> 
     :param base: the class every named class must derive from
     :param n_positional: positional arguments the class receives besides the keyword arguments (1 for a wrapper: the
         env), used to check the keyword arguments against its signature
+    :param refuse_imports_from: folders (resolved) that no named module may be imported from
     :return: the resolved classes with their keyword arguments, in the order given
-    :raises ConfigError: for a malformed value, a module that cannot be imported, a missing attribute, an object that
-        is not a subclass of ``base``, or keyword arguments the class does not take
+    :raises ConfigError: for a malformed value, a module that cannot be imported (or only from a refused folder), a
+        missing attribute, an object that is not a subclass of ``base``, or keyword arguments the class does not take
     """
     specs = []
     for name, kwargs in class_entries(value, key):
-        cls = _import_class(name, base, key)
+        cls = _import_class(name, base, key, refuse_imports_from)
         label = name if isinstance(name, str) else f"{cls.__module__}.{cls.__qualname__}"
         _check_signature(cls, (None,) * n_positional, kwargs, label, key)
         specs.append(ClassSpec(label, cls, kwargs))
     return tuple(specs)
 
 
-def split_hyperparams(hyperparams: dict[str, Any]) -> tuple[dict[str, Any], EnvSettings]:
+def split_hyperparams(
+    hyperparams: dict[str, Any], *, refuse_imports_from: tuple[str | os.PathLike[str], ...] = ()
+) -> tuple[dict[str, Any], EnvSettings]:
     """
     Split a converted entry (from :func:`sb3_parallel_dqn.zoo.hyperparams.load_hyperparams`) into the keyword
     arguments of ``ParallelDQN`` and the :class:`EnvSettings` of the run.
@@ -192,9 +247,13 @@ def split_hyperparams(hyperparams: dict[str, Any]) -> tuple[dict[str, Any], EnvS
     for this job's data-parallel ranks to values tuned for ``tuned_world_size``.
 
     :param hyperparams: the converted entry; not modified
+    :param refuse_imports_from: folders no class key may import a module from (see :func:`_check_import_origin`): a
+        weights-only load gives the model's folder and the working directory, so that no code that came with the
+        model runs
     :return: the model's keyword arguments and the env settings
     :raises ConfigError: for a class key that does not resolve to a class of the right kind
     """
+    refused = tuple(pathlib.Path(folder).resolve() for folder in refuse_imports_from)
     model_kwargs = dict(hyperparams)
     normalize = model_kwargs.pop("normalize", False)
     normalize_kwargs = None
@@ -210,10 +269,12 @@ def split_hyperparams(hyperparams: dict[str, Any]) -> tuple[dict[str, Any], EnvS
         env_kwargs=model_kwargs.pop("env_kwargs", None) or {},
         vec_env=model_kwargs.pop("vec_env", None),
         frame_stack=model_kwargs.pop("frame_stack", 0) or 0,
-        env_wrappers=resolve_classes(model_kwargs.pop("env_wrapper", None), "env_wrapper", gym.Wrapper, 1),
-        vec_env_wrappers=resolve_classes(model_kwargs.pop("vec_env_wrapper", None), "vec_env_wrapper", VecEnvWrapper, 1),
+        env_wrappers=resolve_classes(model_kwargs.pop("env_wrapper", None), "env_wrapper", gym.Wrapper, 1, refused),
+        vec_env_wrappers=resolve_classes(
+            model_kwargs.pop("vec_env_wrapper", None), "vec_env_wrapper", VecEnvWrapper, 1, refused
+        ),
         normalize_kwargs=normalize_kwargs,
-        callbacks=resolve_classes(model_kwargs.pop("callback", None), "callback", BaseCallback),
+        callbacks=resolve_classes(model_kwargs.pop("callback", None), "callback", BaseCallback, 0, refused),
     )
     scaling, tuned_world_size = model_kwargs.pop("scaling", "none"), model_kwargs.pop("tuned_world_size", 1)
     if scaling != "none":

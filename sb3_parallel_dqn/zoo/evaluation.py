@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import pickle
+import sys
 from pathlib import Path
 
 import gymnasium as gym
@@ -15,9 +16,9 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_parallel_dqn.checkpoints import vecnormalize_path
 from sb3_parallel_dqn.parallel_dqn import ParallelDQN
-from sb3_parallel_dqn.safe_load import ModelFileError, read_policy_state_dict
+from sb3_parallel_dqn.safe_load import ModelFileError, check_dqn_state_dict, read_policy_state_dict
 from sb3_parallel_dqn.validation import ConfigError
-from sb3_parallel_dqn.zoo.envs import make_eval_env, register_optional_envs, split_hyperparams
+from sb3_parallel_dqn.zoo.envs import make_eval_env, named_classes, register_optional_envs, split_hyperparams
 from sb3_parallel_dqn.zoo.hyperparams import DEFAULT_CONF_FILE, load_hyperparams
 from sb3_parallel_dqn.zoo.run_folder import find_run_dir, model_path, saved_config_path
 from sb3_parallel_dqn.zoo.weights import load_weights_only_from_config
@@ -58,23 +59,38 @@ def prepare(args: argparse.Namespace, seed: int) -> tuple[ParallelDQN, VecEnv, s
         raise BadInputError(f"--env {args.env}: {error}") from None
     path, conf_file = locate(args)
     hyperparams, _ = load_hyperparams(args.env, conf_file)
-    _, settings = split_hyperparams(hyperparams)
     stats = vecnormalize_path(path, args.env)
     if args.weights_only:
+        # No code that came with the model runs: not a config found next to it that names modules to import, and
+        # no module from its folder or from the working directory (first on sys.path under python -m).
+        named = named_classes(hyperparams)
+        if named and args.conf_file is None and conf_file != DEFAULT_CONF_FILE:
+            raise BadInputError(
+                f"--weights-only: {conf_file}, found next to the model, names code to import ({', '.join(named)}), "
+                "and --weights-only runs no code that came with the model: read that config, and pass the one you "
+                "trust with -conf"
+            )
+        refused = (path.resolve().parent, Path.cwd())
+        _, settings = split_hyperparams(hyperparams, refuse_imports_from=refused)
         if settings.normalize_kwargs is not None:
             raise BadInputError(
                 f"--weights-only: {args.env} is normalized, and its statistics ({stats.name}) are a pickle, which "
                 "--weights-only does not load; evaluate without --weights-only only if you trust the run folder"
             )
         try:
-            model, env = load_weights_only_from_config(path, args.env, conf_file, seed=seed, device=args.device)
+            model, env = load_weights_only_from_config(
+                path, args.env, conf_file, seed=seed, device=args.device, refuse_imports_from=refused
+            )
         except ModelFileError as error:
             # The architecture is the config's: say which config, since that is what the weights must fit.
             raise ModelFileError(f"{error} (policy and policy_kwargs from {conf_file})") from None
         return model, env, f"Loaded {path} (weights only), architecture and env settings from {conf_file}"
 
-    # A truncated or damaged zip fails here, clearly, before any env is built (this reads policy.pth alone).
-    read_policy_state_dict(path)
+    # A truncated or damaged zip, or another algorithm's, fails here, clearly, before any env is built and before
+    # anything is unpickled (this reads policy.pth alone, tensors only).
+    # A file loaded in full is trusted (its data is unpickled next), so its size is not bounded here.
+    check_dqn_state_dict(read_policy_state_dict(path, max_bytes=sys.maxsize), str(path))
+    _, settings = split_hyperparams(hyperparams)
     try:
         env = make_eval_env(args.env, settings, seed=seed, vecnormalize_path=stats if stats.is_file() else None)
     except (pickle.UnpicklingError, EOFError) as error:

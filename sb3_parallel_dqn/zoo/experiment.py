@@ -2,8 +2,11 @@
 What ``python -m sb3_parallel_dqn.train`` does: train ParallelDQN on one env from a zoo-style config, with one
 process or under ``mpirun``, into a run folder (see :mod:`sb3_parallel_dqn.zoo.run_folder`).
 
-Everything the command line gives is read and checked first, before any collective or env (:class:`Setup`):
-every rank reads the same files and fails the same way, so a bad input ends the job with exit code 2 and one message.
+Everything the command line gives is read and checked first, before any collective, run folder or env worker
+(:class:`Setup`): the flags, the config, the files to resume from (a foreign zip, a truncated replay buffer), one env
+as the model sees it and the model itself, built once on that env alone (:func:`check_model_builds`), and the folders
+to write to. Every rank reads the same files and fails the same way, so a bad input ends the job with exit code 2 and
+one message naming the key, flag or file.
 Then rank 0 picks the run folder, every rank builds its envs and the model (new, or resumed from ``-i``), trains with
 checkpoints and periodic evaluation, and saves; a SIGTERM/SIGINT stops every rank after the same rollout and leaves a
 checkpoint to resume from. Rank 0 evaluates the final and the best model on fresh episodes.
@@ -16,6 +19,7 @@ import os
 import shlex
 import sys
 import uuid
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from sb3_parallel_dqn import compat
 from sb3_parallel_dqn.checkpoints import (
@@ -37,6 +42,7 @@ from sb3_parallel_dqn.distributed import comm, lockstep, mesh
 from sb3_parallel_dqn.env_names import env_file_name
 from sb3_parallel_dqn.interrupt import stop_on_signals
 from sb3_parallel_dqn.parallel_dqn import ParallelDQN
+from sb3_parallel_dqn.safe_load import ModelFileError, check_dqn_state_dict, check_pickle_complete, read_policy_state_dict
 from sb3_parallel_dqn.validation import ConfigError, UnsupportedSpaceError, check_action_space
 from sb3_parallel_dqn.zoo import ALGO
 from sb3_parallel_dqn.zoo.callbacks import EVAL_SEED_OFFSET, make_run_callbacks
@@ -47,6 +53,7 @@ from sb3_parallel_dqn.zoo.envs import (
     make_train_env,
     register_optional_envs,
     split_hyperparams,
+    wrap_vec_env,
 )
 from sb3_parallel_dqn.zoo.hyperparams import DEFAULT_CONF_FILE, load_entry, parse_override
 from sb3_parallel_dqn.zoo.run_folder import next_run_dir, saved_config_path, write_run_files, yaml_value
@@ -56,10 +63,12 @@ class Setup:
     """Everything read and checked before any collective: a bad input ends every rank the same way, with exit code 2."""
 
     def __init__(self, args: argparse.Namespace) -> None:
+        check_flags(args)
         register_optional_envs(args.env)
         gym.spec(args.env)
         if args.trained_agent:
             check_model_file(args.trained_agent)
+            check_replay_buffer_files(args.trained_agent)
         conf_file = Path(args.conf_file) if args.conf_file is not None else DEFAULT_CONF_FILE
         if args.trained_agent and args.conf_file is None:
             # A resumed run keeps its own settings (wrappers, frame stack, n_envs...), saved next to its model.
@@ -104,19 +113,32 @@ class Setup:
                 lockstep.check_train_freq(train_freq[0], train_freq[1], comm.launcher_world_size() or 1)
             except lockstep.LockstepError as error:
                 raise ConfigError(str(error), file=conf_file, entry=self.entry, key="train_freq") from None
-        # The action space the model will see: after the config's env_wrapper classes (one may make it Discrete).
-        env = EnvWrappers(self.settings.env_wrappers)(gym.make(args.env, **self.settings.env_kwargs))
+        # One env, as the model will see it, and a model built on it: whatever the env, the policy or the replay
+        # buffer refuses fails here, before any folder or collective, rather than in the job.
+        env = probe_env(args.env, self.settings, conf_file, self.entry)
         try:
-            check_action_space(env.action_space, args.env)
-        except UnsupportedSpaceError as error:
-            raise ConfigError(str(error)) from None
+            if not args.trained_agent:  # a resumed model keeps its saved policy
+                check_model_builds(self.settings.policy, env, self.model_kwargs, args.torch_threads, conf_file, self.entry)
         finally:
             env.close()
         probe_log_folder(Path(args.log_folder))
+        if args.tensorboard_log:
+            probe_folder(Path(args.tensorboard_log), "the tensorboard log folder (-tb)")
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """The command line's own numbers, which no config rule checks."""
+    if args.log_interval == 0:
+        raise ConfigError("--log-interval: must be >= 1 (episodes between two logs), or -1 for SB3's default; got 0")
+    if args.torch_threads is not None and args.torch_threads < 1:
+        raise ConfigError(f"--torch-threads: must be >= 1 (torch threads per rank), got {args.torch_threads}")
 
 
 def check_model_file(path: str) -> None:
-    """A saved model zip (SB3's layout: ``data`` and ``policy.pth``), not a missing, truncated or foreign file."""
+    """
+    A saved DQN model zip (SB3's layout: ``data`` and ``policy.pth``, with a Q-network and its target), not a missing,
+    truncated or foreign file (another algorithm's: its tensors say so, read without unpickling anything).
+    """
     if not Path(path).is_file():
         raise ConfigError(f"--trained-agent: no such model file: {path}")
     try:
@@ -126,18 +148,121 @@ def check_model_file(path: str) -> None:
         raise ConfigError(f"--trained-agent: {path} is not a readable model zip (truncated or corrupt?): {error}") from None
     if not {"data", "policy.pth"} <= names:
         raise ConfigError(f"--trained-agent: {path} is a zip but not a saved SB3/ParallelDQN model (no data/policy.pth)")
+    try:
+        # A file to resume from is trusted (its data is unpickled next), so its size is not bounded here.
+        check_dqn_state_dict(read_policy_state_dict(path, max_bytes=sys.maxsize), path)
+    except ModelFileError as error:
+        raise ConfigError(f"--trained-agent: {error}") from None
+
+
+def check_replay_buffer_files(trained_agent: str) -> None:
+    """The replay buffer files saved with ``trained_agent``, which the run will load, are whole (none unpickled here)."""
+    try:
+        shards, _ = replay_buffer_shards(trained_agent)
+        for shard in shards:
+            check_pickle_complete(shard)
+    except (ValueError, OSError) as error:
+        raise ConfigError(f"--trained-agent: replay buffer: {error}; move it away to resume without it") from None
+
+
+def probe_env(env_id: str, settings: EnvSettings, conf_file: Path, entry: str) -> VecEnv:
+    """
+    One env as the model sees it (``env_kwargs``, ``env_wrapper``, the vectorised wrappers), with a Discrete action
+    space; each failure a :class:`ConfigError` naming the key it comes from. Close it when done.
+    """
+
+    def failed(error: Exception, key: str | None, what: str) -> ConfigError:
+        reason = f"{what}: {type(error).__name__}: {' '.join(str(error).split())}"
+        return ConfigError(reason, file=conf_file, entry=entry, key=key)
+
+    try:
+        env = gym.make(env_id, **settings.env_kwargs)
+    except Exception as error:  # the env's own constructor refuses them: TypeError, ValueError, gym.error...
+        raise failed(error, "env_kwargs" if settings.env_kwargs else None, f"cannot make {env_id}") from None
+    try:
+        env = EnvWrappers(settings.env_wrappers)(env)
+        # The action space the model will see: after the config's env_wrapper classes (one may make it Discrete).
+        check_action_space(env.action_space, env_id)
+    except UnsupportedSpaceError as error:
+        env.close()
+        raise ConfigError(str(error)) from None
+    except Exception as error:
+        env.close()
+        raise failed(error, "env_wrapper", f"cannot wrap {env_id}") from None
+    vec_env: VecEnv = DummyVecEnv([lambda: env])
+    try:
+        return wrap_vec_env(vec_env, settings, eval_env=True)
+    except Exception as error:
+        vec_env.close()
+        key = "vec_env_wrapper" if settings.vec_env_wrappers else "frame_stack" if settings.frame_stack else None
+        raise failed(error, key, f"cannot wrap the vectorised {env_id}") from None
+
+
+# A model built to check the settings needs no more of a buffer than this (the buffer's arrays are allocated).
+_TRIAL_BUFFER_SIZE = 1_000
+# What each key is reset to, in this order, to find the one a model that cannot be built fails on.
+_TRIAL_RESETS: tuple[tuple[str, Any], ...] = (
+    ("policy_kwargs", None),
+    ("policy", "MlpPolicy"),
+    ("replay_buffer_kwargs", None),
+    ("replay_buffer_class", None),
+    ("optimize_memory_usage", False),
+    ("n_steps", 1),
+)
+
+
+def check_model_builds(
+    policy: str, env: VecEnv, model_kwargs: dict[str, Any], torch_threads: int | None, conf_file: Path, entry: str
+) -> None:
+    """
+    Build the model once on ``env``, whole and on this process alone (no mesh, no collective, a small buffer, on the
+    CPU), and drop it: the policy class and its ``policy_kwargs``, the replay buffer class and its arguments are
+    checked by the code that will use them, instead of a rule of their own. When it fails, the key it fails on is
+    the first of :data:`_TRIAL_RESETS` whose reset lets the model build.
+
+    :raises ConfigError: naming the key (when one is found), with the error the model raised
+    """
+    kwargs = {**model_kwargs, "model_parallel_size": 1, "shard_optimizer": False}
+    kwargs["buffer_size"] = min(kwargs.get("buffer_size", _TRIAL_BUFFER_SIZE), _TRIAL_BUFFER_SIZE)
+
+    def build(policy: str, kwargs: dict[str, Any]) -> None:
+        with warnings.catch_warnings():  # the run's own build warns, once
+            warnings.simplefilter("ignore")
+            model = ParallelDQN(
+                policy, env, device="cpu", torch_num_threads=torch_threads, verbose=0, **kwargs, _init_setup_model=False
+            )
+            model._setup_model()  # what load() does on one rank alone: no mesh set-up, no broadcast
+
+    try:
+        build(policy, kwargs)
+        return
+    except Exception as error:  # whatever SB3, torch or a buffer raise for arguments they refuse
+        reason = f"the model cannot be built with it: {type(error).__name__}: {' '.join(str(error).split())}"
+    for key, reset in _TRIAL_RESETS:
+        if key == "policy" or key in kwargs:
+            trial = {**kwargs, key: reset} if key != "policy" else kwargs
+            try:
+                build(reset if key == "policy" else policy, trial)
+            except Exception:
+                continue
+            raise ConfigError(reason, file=conf_file, entry=entry, key=key)
+    raise ConfigError(reason, file=conf_file, entry=entry)
 
 
 def probe_log_folder(log_folder: Path) -> None:
     """Fail before training, not at the first save, when the log folder cannot be written."""
-    folder = log_folder / ALGO
+    probe_folder(log_folder / ALGO, "the log folder")
+
+
+def probe_folder(folder: Path, what: str) -> None:
+    """Fail before training, not at its first write, when ``folder`` cannot be made or written."""
     probe = folder / f".write-probe-{os.getpid()}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"probe")
         probe.unlink()
     except OSError as error:
-        raise ConfigError(f"cannot write to the log folder {folder}: {error.strerror or error}") from None
+        raise ConfigError(f"cannot write to {what} {folder}: {error.strerror or error}") from None
 
 
 def train(args: argparse.Namespace) -> int:
@@ -145,9 +270,10 @@ def train(args: argparse.Namespace) -> int:
     try:
         setup = Setup(args)
     except (ConfigError, gym.error.Error) as error:
-        # Every rank fails alike; one copy of the message is enough (the launcher says which rank this is).
+        # Every rank fails alike; one copy of the message is enough (the launcher says which rank this is). One
+        # line, whatever the message holds (an error quoted from SB3 or a space's repr can span lines).
         if comm.launcher_rank() in (0, None):
-            print(f"error: {error}", file=sys.stderr)
+            print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     settings, world_size = setup.settings, comm.world_size()
     # The mesh before the envs, whose seeds count replicas; with model parallelism, one seed for the job.

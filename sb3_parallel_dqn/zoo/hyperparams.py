@@ -269,19 +269,29 @@ def _one_of(*choices: str) -> Callable[[Any], str]:
     return convert
 
 
-def _check_plain(value: Any, what: str) -> None:
-    """Raise unless ``value`` is built from YAML scalars, lists and mappings with string keys (no objects)."""
+def _check_plain(value: Any, what: str, _seen: set[int] | None = None) -> None:
+    """
+    Raise unless ``value`` is built from YAML scalars, lists and mappings with string keys (no objects).
+
+    Each list or mapping is checked once, however often it occurs: YAML aliases share one object between their
+    uses, and a walk that followed every use would take time exponential in the nesting of the aliases.
+    """
     if value is None or isinstance(value, (bool, int, float, str)):
         return
+    seen = set() if _seen is None else _seen
+    if isinstance(value, (list, tuple, dict)):
+        if id(value) in seen:
+            return
+        seen.add(id(value))
     if isinstance(value, (list, tuple)):
         for item in value:
-            _check_plain(item, what)
+            _check_plain(item, what, seen)
         return
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise ConfigError(f"{what}: keys must be strings, got {type(key).__name__} {key!r}")
-            _check_plain(item, what)
+            _check_plain(item, what, seen)
         return
     raise ConfigError(
         f"{what}: expected plain values (numbers, strings, booleans, null, lists, mappings), "
@@ -393,15 +403,69 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
 KNOWN_KEYS: frozenset[str] = frozenset(_CONVERTERS)
 
 
+#: The most nodes (scalars, lists, mappings) a hyperparameter file may hold once its aliases are expanded, each use
+#: of an alias counted with everything under its anchor. The package's own ``dqn.yml`` has about 450. A file over it
+#: (e.g. nine levels of nine aliases, a "billion laughs": a few hundred bytes that expand to 9**9 items) is refused
+#: before any value is built or walked, in time linear in the file's size. Set it higher for a larger file.
+MAX_YAML_NODES = 100_000
+
+
+class _BoundedSafeLoader(yaml.SafeLoader):
+    """PyYAML's ``SafeLoader`` that refuses a document over :data:`MAX_YAML_NODES` or with a recursive alias."""
+
+    def compose_document(self) -> yaml.Node | None:
+        node = super().compose_document()
+        if node is not None:
+            _check_expanded_size(node, MAX_YAML_NODES)
+        return node
+
+
+def _check_expanded_size(root: yaml.Node, limit: int) -> None:
+    """Raise unless the node graph ``root`` expands to at most ``limit`` nodes; each node is sized once (memo)."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in open_nodes:
+            raise ConfigError("a YAML alias refers to a node that contains it (a recursive structure)")
+        open_nodes.add(id(node))
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [item for pair in node.value for item in pair]
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > limit:
+                raise ConfigError(
+                    f"more than {limit} values once its aliases are expanded (hyperparams.MAX_YAML_NODES); "
+                    "is it a YAML alias bomb?"
+                )
+        open_nodes.discard(id(node))
+        sizes[id(node)] = total
+        return total
+
+    size(root)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"cannot read the hyperparameter file: {err.strerror or err}", file=path) from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"not a UTF-8 text file ({err.reason} at byte {err.start})", file=path) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_BoundedSafeLoader)  # a SafeLoader: plain data only
     except yaml.YAMLError as err:
         raise ConfigError(f"invalid YAML: {err}", file=path) from None
+    except ConfigError as err:
+        raise ConfigError(err.reason, file=path) from None
+    except RecursionError:
+        raise ConfigError("invalid YAML: nested too deeply", file=path) from None
     if not isinstance(data, dict):
         raise ConfigError(f"expected a mapping of entries at the top level, got {type(data).__name__}", file=path)
     return data
