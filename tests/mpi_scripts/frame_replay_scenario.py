@@ -78,8 +78,8 @@ def run(out_dir: Path) -> None:
         shadow.set_progress(progress_remaining)
         set_progress(progress_remaining)
 
-    def recording_allreduce_max_(array):
-        result = allreduce_max_(array)
+    def recording_allreduce_max_(array, group=None, what="Allreduce (max)"):
+        result = allreduce_max_(array, group, what)
         seen["divided_by"].append(float(result[0]))
         return result
 

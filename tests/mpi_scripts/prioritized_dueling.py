@@ -45,8 +45,8 @@ def run(out_dir: Path, vec_env_cls: str = "subproc") -> None:
         local_max.append(float(weights.max()))
         return replay_data, weights, leaves
 
-    def recording_allreduce_max_(array):
-        result = allreduce_max_(array)
+    def recording_allreduce_max_(array, group=None, what="Allreduce (max)"):
+        result = allreduce_max_(array, group, what)
         divided_by.append(float(result[0]))
         return result
 
