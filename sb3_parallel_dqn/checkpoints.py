@@ -20,6 +20,7 @@ import contextlib
 import io
 import os
 import pathlib
+import pickletools
 import re
 from collections.abc import Callable, Iterator
 from typing import Any, overload
@@ -226,6 +227,30 @@ def _rank_files(base: pathlib.Path) -> dict[int, pathlib.Path]:
     """The ``<base>.rank<r>.pkl`` files next to the one-process file ``base``, by r."""
     pattern = re.compile(re.escape(base.name[: -len(".pkl")]) + r"\.rank(\d+)\.pkl")
     return {int(m.group(1)): p for p in base.parent.glob("*.pkl") if (m := pattern.fullmatch(p.name))}
+
+
+def pickled_class(path: str | os.PathLike[str]) -> tuple[str, str] | None:
+    """
+    The module and name of the class of the object pickled in ``path`` (a replay buffer shard), read from the first
+    opcodes of the file: nothing is unpickled, imported or read beyond them. None when the file does not start so
+    (not a pickle of an object, or unreadable): loading it then says what is wrong.
+    """
+    strings: list[str] = []
+    try:
+        with open(path, "rb") as file:
+            for count, (opcode, argument, _) in enumerate(pickletools.genops(file)):
+                if opcode.name == "GLOBAL" and isinstance(argument, str) and " " in argument:
+                    module, name = argument.split(" ", 1)
+                    return module, name
+                if opcode.name == "STACK_GLOBAL":
+                    return (strings[-2], strings[-1]) if len(strings) >= 2 else None
+                if isinstance(argument, str):
+                    strings.append(argument)
+                if count > 16:  # an object's class comes first
+                    return None
+    except (OSError, ValueError):  # genops' errors for what is no pickle
+        return None
+    return None
 
 
 def shard_for_rank(shards: list[pathlib.Path], rank: int, world_size: int) -> pathlib.Path:

@@ -25,7 +25,13 @@ from sb3_parallel_dqn.engine import TrainingEngine
 from sb3_parallel_dqn.envs import build_env
 from sb3_parallel_dqn.losses import check_finite
 from sb3_parallel_dqn.policies import resolve_dueling
-from sb3_parallel_dqn.prioritized_replay import truncate_last_transitions, with_model_n_steps
+from sb3_parallel_dqn.prioritized_replay import (
+    fit_loaded_buffer,
+    replay_buffer_setup,
+    requested_replay_buffer,
+    truncate_last_transitions,
+    with_model_n_steps,
+)
 from sb3_parallel_dqn.validation import check_action_space, check_model_kwargs
 
 SelfParallelDQN = TypeVar("SelfParallelDQN", bound="ParallelDQN")
@@ -86,7 +92,8 @@ class ParallelDQN(DQN):
     :param env_kwargs: Keyword arguments passed to ``gym.make`` when ``env`` is a string
     :param sync_check_interval: Every this many gradient updates, compare a checksum of the weights across ranks
         and raise ``WeightsDivergedError`` if they differ (0 disables the check)
-    :param torch_num_threads: torch threads of each rank; ``None``: 1, unless ``OMP_NUM_THREADS`` is set
+    :param torch_num_threads: torch threads of each rank; ``None``: 1, unless ``OMP_NUM_THREADS`` is set. ``load``
+        sets threads only when the file's value or its own argument is a number: it keeps the process' otherwise
     :param model_parallel_size: ranks that hold one Q-network, split Megatron-style (tensor parallelism, see
         :mod:`~sb3_parallel_dqn.distributed.tensor_parallel`); the job's W ranks form W / M replicas
     :param shard_optimizer: shard Adam's state over the replicas (ZeRO stage 1, see
@@ -191,6 +198,7 @@ class ParallelDQN(DQN):
         self.double_q = double_q
 
         if _init_setup_model:
+            set_torch_threads(self.torch_num_threads)  # the constructor's default (None: 1); load() keeps the process'
             self._setup_model()
             if self._world_size > 1:
                 lockstep.check_model(self)  # before the broadcast, whose size is the model's
@@ -206,12 +214,20 @@ class ParallelDQN(DQN):
     def _setup_model(self) -> None:
         # As SB3, plus the dueling policy class and prioritized replay's n-step settings (load() runs this again).
         self.policy_class, self.policy_kwargs = resolve_dueling(self.policy_class, self.policy_kwargs)  # type: ignore[arg-type]
-        kwargs = with_model_n_steps(self.replay_buffer_class, self.replay_buffer_kwargs, self.n_steps, self.gamma)
-        self.replay_buffer_kwargs = kwargs
-        set_torch_threads(self.torch_num_threads)  # here, not in __init__: load() sets its argument (or the file's) first
+        # What the user asked for, not what the last set-up (or the saved file) resolved it to: load(n_steps=..) applies.
+        requested, requested_kwargs = requested_replay_buffer(
+            self.replay_buffer_class, self.replay_buffer_kwargs, getattr(self, "_replay_buffer_setup", None)
+        )
+        kwargs = with_model_n_steps(requested, dict(requested_kwargs), self.n_steps, self.gamma)  # SB3 updates it
+        self.replay_buffer_class, self.replay_buffer_kwargs = requested, kwargs
+        if self.torch_num_threads is not None:  # load() sets its argument (or the file's) first; None: see __init__
+            set_torch_threads(self.torch_num_threads)
         self._mesh = mesh.get(self.model_parallel_size)  # the model's own (collective the first time M > 1 is used)
         with compat.n_steps_warning_silenced(self.replay_buffer_class, kwargs, self.n_steps):
             super()._setup_model()
+        self._replay_buffer_setup = replay_buffer_setup(
+            requested, requested_kwargs, self.replay_buffer_class, self.replay_buffer_kwargs
+        )  # saved with the model, for the next load()
         model_parallel.shard_policy(self.policy, self._mesh)  # cut from the network SB3 built: one start for any mesh
         self._engine = TrainingEngine(self)
 
@@ -391,8 +407,21 @@ class ParallelDQN(DQN):
         checkpoints.save_shard(path, lambda target: DQN.save_replay_buffer(self, target))
 
     def load_replay_buffer(self, path: str | pathlib.Path | io.BufferedIOBase, truncate_last_traj: bool = True) -> None:
-        """As SB3's, each rank its shard (see :meth:`save_replay_buffer`), on any world size: rank r loads r mod W_saved."""
-        super().load_replay_buffer(checkpoints.shard_to_load(path), truncate_last_traj)
+        """
+        As SB3's, each rank its shard (see :meth:`save_replay_buffer`), on any world size: rank r loads r mod W_saved.
+        The loaded buffer then follows the model's settings (class, ``n_steps``, ``gamma``, prioritized replay's),
+        converted where its transitions allow, else refused with a ``ConfigError`` naming the setting (see
+        :func:`~sb3_parallel_dqn.prioritized_replay.fit_loaded_buffer`).
+        """
+        built, shard = self.replay_buffer, checkpoints.shard_to_load(path)
+        super().load_replay_buffer(shard, truncate_last_traj)
+        try:
+            self.replay_buffer, converted = fit_loaded_buffer(self.replay_buffer, built, str(shard))  # type: ignore[arg-type]
+        except Exception:
+            self.replay_buffer = built
+            raise
+        if converted is not None and self.verbose >= 1:
+            print(converted)
 
     def _excluded_save_params(self) -> list[str]:
         # As SB3, plus this process' runtime state and mesh (a file loads whole unless load() is given a mesh shape).

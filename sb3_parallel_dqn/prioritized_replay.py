@@ -23,7 +23,7 @@ import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3 import HerReplayBuffer
-from stable_baselines3.common.buffers import NStepReplayBuffer, ReplayBuffer
+from stable_baselines3.common.buffers import DictReplayBuffer, NStepReplayBuffer, ReplayBuffer
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.vec_env import VecNormalize
 
@@ -252,3 +252,193 @@ def with_model_n_steps(
     if getattr(replay_buffer_class, "takes_model_n_steps", False):
         return {"n_steps": n_steps, "gamma": gamma, **replay_buffer_kwargs}
     return replay_buffer_kwargs
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The replay buffer follows the model's settings, also after load() and load_replay_buffer() (issue 23, item 3)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def requested_replay_buffer(
+    replay_buffer_class: type[ReplayBuffer] | None, replay_buffer_kwargs: dict[str, Any], setup: dict[str, Any] | None
+) -> tuple[type[ReplayBuffer] | None, dict[str, Any]]:
+    """
+    The replay buffer class and keyword arguments to set the model's buffer up from: what the user asked for.
+
+    SB3's ``_setup_model`` writes what it resolved back into the model (``replay_buffer_class=None`` becomes
+    ``NStepReplayBuffer`` when ``n_steps > 1``, whose kwargs get the model's ``n_steps`` and ``gamma``), and ``save``
+    stores that: ``load(path, n_steps=1, gamma=0.9)`` then set up an ``NStepReplayBuffer`` with the saved
+    ``n_steps=5, gamma=0.99``. ``setup`` (:func:`replay_buffer_setup`, saved with the model) says what the last set-up
+    resolved from which request: a class or kwargs still equal to the resolved ones were not given to ``load`` and
+    go back to the request, so that the buffer follows the model's current ``n_steps`` and ``gamma``; values given to
+    ``load`` are the new request. Without ``setup`` (a new model, or a file saved before it existed) the values are
+    the request.
+    """
+    if setup is None:
+        return replay_buffer_class, replay_buffer_kwargs
+    if replay_buffer_class is setup["class"]:
+        replay_buffer_class = setup["requested_class"]
+    with contextlib.suppress(Exception):  # kwargs that cannot be compared are the user's own
+        if replay_buffer_kwargs == setup["kwargs"]:
+            replay_buffer_kwargs = dict(setup["requested_kwargs"])
+    return replay_buffer_class, replay_buffer_kwargs
+
+
+def replay_buffer_setup(
+    requested_class: type[ReplayBuffer] | None,
+    requested_kwargs: dict[str, Any],
+    replay_buffer_class: type[ReplayBuffer] | None,
+    replay_buffer_kwargs: dict[str, Any],
+) -> dict[str, Any]:
+    """What :func:`requested_replay_buffer` needs to know of a set-up: the request and what SB3 resolved it to."""
+    return {
+        "requested_class": requested_class,
+        "requested_kwargs": dict(requested_kwargs),
+        "class": replay_buffer_class,
+        "kwargs": dict(replay_buffer_kwargs),
+    }
+
+
+_N_STEP_SETTINGS = ("n_steps", "gamma")
+_PRIORITY_SETTINGS = ("alpha", "initial_beta", "final_beta", "epsilon")
+_PRIORITY_STATE = (*_PRIORITY_SETTINGS, "beta", "tree", "max_priority")
+
+
+def _storage_of(buffer_class: type) -> str | None:
+    """How a replay buffer class of this package or SB3 stores transitions (None: unknown, never converted)."""
+    known = _known_classes()
+    if buffer_class in known[:3]:
+        return "arrays"  # ReplayBuffer's arrays; n-step returns and priorities are computed on top of them
+    if buffer_class in known[3:]:
+        return "frames"
+    return None
+
+
+def check_class_convertible(saved: tuple[str, str] | None, requested: type[ReplayBuffer] | None, source: str) -> None:
+    """
+    Refuse, before anything is built, a saved replay buffer of class ``saved`` (module, name: see
+    :func:`sb3_parallel_dqn.checkpoints.pickled_class`) that :func:`fit_loaded_buffer` could not convert to the
+    ``replay_buffer_class`` asked for (None: SB3's pick, ``ReplayBuffer`` or ``NStepReplayBuffer``). Nothing is
+    imported: classes are compared by name. An unknown file (``saved`` None) is left to the load.
+
+    :raises ConfigError: with the key ``replay_buffer_class``
+    """
+    from sb3_parallel_dqn.validation import ConfigError
+
+    if saved is None:
+        return
+    target = ReplayBuffer if requested is None else requested
+    if saved == (target.__module__, target.__qualname__):
+        return
+    if requested is None and saved == (DictReplayBuffer.__module__, DictReplayBuffer.__qualname__):
+        return  # SB3's pick for Dict observations
+    by_name = {(cls.__module__, cls.__qualname__): cls for cls in _known_classes()}
+    saved_class = by_name.get(saved)
+    storage = None if saved_class is None else _storage_of(saved_class)
+    if storage is None or storage != _storage_of(target):
+        raise ConfigError(
+            f"the replay buffer in {source} is a {saved[1]}, whose transitions cannot be converted to "
+            f"{target.__name__}: resume with replay_buffer_class {saved[1]}, or move the replay buffer files away",
+            key="replay_buffer_class",
+        )
+
+
+def _known_classes() -> tuple[type[ReplayBuffer], ...]:
+    from sb3_parallel_dqn.frame_replay import FrameReplayBuffer, PrioritizedFrameReplayBuffer
+
+    return ReplayBuffer, NStepReplayBuffer, PrioritizedReplayBuffer, FrameReplayBuffer, PrioritizedFrameReplayBuffer
+
+
+def _describe(buffer: ReplayBuffer) -> str:
+    settings = [
+        f"{name}={getattr(buffer, name)}" for name in (*_N_STEP_SETTINGS, *_PRIORITY_SETTINGS) if hasattr(buffer, name)
+    ]
+    return f"{type(buffer).__name__}({', '.join(settings)})"
+
+
+def fit_loaded_buffer(loaded: ReplayBuffer, model_buffer: ReplayBuffer | None, source: str) -> tuple[ReplayBuffer, str | None]:
+    """
+    The replay buffer that ``load_replay_buffer`` read from ``source``, made to follow the model's replay-buffer
+    settings, which ``model_buffer`` holds (the buffer the model set up from them): a resumed run trains with the
+    class, ``n_steps``, ``gamma`` and prioritized-replay settings it reports, never the saved buffer's.
+
+    Every buffer here stores the raw one-step transitions and computes n-step returns (``n_steps``, ``gamma``) and
+    prioritized sampling at sample time, so a buffer converts to another class of the same storage
+    (``ReplayBuffer``, ``NStepReplayBuffer`` and :class:`PrioritizedReplayBuffer`; or ``FrameReplayBuffer`` and
+    ``PrioritizedFrameReplayBuffer``) in place, without a copy: n-step settings are set; a buffer that becomes
+    prioritized gives every stored transition the priority a new one gets (the largest so far, 1); one that stays
+    prioritized keeps its priorities (re-weighted for a new ``alpha``); one that stops being prioritized drops them.
+    What cannot be converted is refused, naming the setting: another storage, an unknown class, another
+    ``optimize_memory_usage`` or ``frame_stack``. The buffer's size and everything else are the saved buffer's, as
+    in SB3.
+
+    :return: the buffer, and a line that says what was converted (None when nothing was)
+    :raises ConfigError: naming the setting that cannot be applied to the saved transitions (``loaded`` is unchanged)
+    """
+    from sb3_parallel_dqn.validation import ConfigError
+
+    if model_buffer is None or loaded is model_buffer:
+        return loaded, None
+    target = type(model_buffer)
+    wanted = [name for name in _N_STEP_SETTINGS if isinstance(model_buffer, NStepReplayBuffer)]
+    wanted += [name for name in _PRIORITY_SETTINGS if isinstance(model_buffer, PrioritizedReplayBuffer)]
+    differing = [name for name in wanted if getattr(loaded, name, None) != getattr(model_buffer, name)]
+    keep = f"or move the replay buffer files away (the run then starts with an empty {target.__name__})"
+    storage = _storage_of(type(loaded))
+    if type(loaded) is not target and (storage is None or storage != _storage_of(target)):
+        raise ConfigError(
+            f"the replay buffer in {source} is a {type(loaded).__name__}, whose transitions cannot be converted to the "
+            f"model's {target.__name__}: resume with replay_buffer_class {type(loaded).__name__}, {keep}",
+            key="replay_buffer_class",
+        )
+    for name in ("optimize_memory_usage", "frame_stack"):
+        if getattr(loaded, name, None) != getattr(model_buffer, name, None):
+            raise ConfigError(
+                f"the replay buffer in {source} was saved with {name}={getattr(loaded, name, None)}, the model has "
+                f"{getattr(model_buffer, name, None)}: its transitions are stored for that setting; resume with "
+                f"{name}={getattr(loaded, name, None)}, {keep}",
+                key=name,
+            )
+    if type(loaded) is target and not differing:
+        return loaded, None
+    before = _describe(loaded)
+    prioritized = isinstance(loaded, PrioritizedReplayBuffer)
+    old_alpha = getattr(loaded, "alpha", None)
+    if type(loaded) is not target:
+        loaded.__class__ = target  # same storage: only the sampling differs (see above)
+        stale = [*([] if issubclass(target, NStepReplayBuffer) else _N_STEP_SETTINGS)]
+        stale += [] if issubclass(target, PrioritizedReplayBuffer) else list(_PRIORITY_STATE)
+        for name in stale:
+            loaded.__dict__.pop(name, None)
+    if isinstance(loaded, NStepReplayBuffer):
+        assert isinstance(model_buffer, NStepReplayBuffer)
+        loaded.n_steps, loaded.gamma = model_buffer.n_steps, model_buffer.gamma
+    if isinstance(loaded, PrioritizedReplayBuffer):
+        assert isinstance(model_buffer, PrioritizedReplayBuffer)
+        if prioritized:
+            _reweigh_priorities(loaded, old_alpha, model_buffer.alpha)
+            loaded.initial_beta, loaded.final_beta = model_buffer.initial_beta, model_buffer.final_beta
+            loaded.epsilon = model_buffer.epsilon  # beta itself is annealed again from these before each train()
+        else:
+            loaded._init_priorities(
+                model_buffer.alpha, model_buffer.initial_beta, model_buffer.final_beta, model_buffer.epsilon
+            )
+            rows = loaded.buffer_size if loaded.full else loaded.pos
+            loaded.tree.update(np.arange(rows * loaded.n_envs), loaded.max_priority**loaded.alpha)
+            if loaded.optimize_memory_usage and loaded.full:
+                loaded._set_row_priority(loaded.pos, 0.0)  # as add() leaves it: the row lost its next observation
+    return loaded, f"Replay buffer {source}: saved as {before}, converted to the model's {_describe(loaded)}"
+
+
+def _reweigh_priorities(buffer: PrioritizedReplayBuffer, old_alpha: float | None, alpha: float) -> None:
+    """The tree holds ``priority ** old_alpha``: make it ``priority ** alpha`` (with old_alpha 0 they are lost: 1)."""
+    if old_alpha == alpha:
+        return
+    leaves = np.array(buffer.tree.priorities)
+    stored = leaves > 0  # 0: never stored, or not to be drawn (optimize_memory_usage)
+    if old_alpha:
+        leaves[stored] = leaves[stored] ** (alpha / old_alpha)
+    else:
+        leaves[stored] = buffer.max_priority**alpha
+    buffer.alpha = alpha
+    buffer.tree.update(np.arange(leaves.size), leaves)

@@ -31,6 +31,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from sb3_parallel_dqn import compat
 from sb3_parallel_dqn.checkpoints import (
+    pickled_class,
     replay_buffer_path,
     replay_buffer_shards,
     save_checkpoint,
@@ -42,6 +43,7 @@ from sb3_parallel_dqn.distributed import comm, lockstep, mesh
 from sb3_parallel_dqn.env_names import env_file_name
 from sb3_parallel_dqn.interrupt import stop_on_signals
 from sb3_parallel_dqn.parallel_dqn import ParallelDQN
+from sb3_parallel_dqn.prioritized_replay import check_class_convertible
 from sb3_parallel_dqn.safe_load import ModelFileError, check_dqn_state_dict, check_pickle_complete, read_policy_state_dict
 from sb3_parallel_dqn.validation import ConfigError, UnsupportedSpaceError, check_action_space
 from sb3_parallel_dqn.zoo import ALGO
@@ -280,6 +282,8 @@ def train(args: argparse.Namespace) -> int:
     args.seed = mesh.setup(setup.model_parallel_size).seed_of_the_job(args.seed)
     try:
         shards = resumable_shards(args.trained_agent, world_size) if args.trained_agent else []
+        if shards and "replay_buffer_class" in setup.model_kwargs:  # before the run folder (issue 23, item 3)
+            check_class_convertible(pickled_class(shards[0]), setup.model_kwargs["replay_buffer_class"], str(shards[0]))
     except ConfigError as error:
         return report(error)
 
