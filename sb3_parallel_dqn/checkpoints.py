@@ -117,8 +117,12 @@ def rank_path(
         path = pathlib.Path(f"{path}.pkl")
     if world_size == 1:
         return path
-    stem = path.name[: -len(".pkl")] if path.name.endswith(".pkl") else path.name
-    return path.with_name(f"{stem}.rank{rank}.pkl")
+    return path.with_name(f"{_shard_stem(path)}.rank{rank}.pkl")
+
+
+def _shard_stem(base: pathlib.Path) -> str:
+    """What the rank files of the one-process file ``base`` start with: its name without a ``.pkl`` suffix."""
+    return base.name[: -len(".pkl")] if base.name.endswith(".pkl") else base.name
 
 
 def save_vecnormalize(env: VecEnv | None, path: str | os.PathLike[str]) -> pathlib.Path | None:
@@ -183,8 +187,8 @@ def saved_shards(path: str | os.PathLike[str]) -> tuple[list[pathlib.Path], int 
     if base.exists():
         if ranks:
             raise ValueError(
-                f"both {base.name} (saved by one process) and {len(ranks)} rank file(s) {base.stem}.rank<r>.pkl (saved "
-                f"by several) are in {base.parent}: move away the set you do not mean to load"
+                f"both {base.name} (saved by one process) and {len(ranks)} rank file(s) {_shard_stem(base)}.rank<r>.pkl "
+                f"(saved by several) are in {base.parent}: move away the set you do not mean to load"
             )
         return [base], 1
     if not ranks:
@@ -225,7 +229,8 @@ def remove_stale_shards(path: str | os.PathLike[str], world_size: int) -> list[p
 
 def _rank_files(base: pathlib.Path) -> dict[int, pathlib.Path]:
     """The ``<base>.rank<r>.pkl`` files next to the one-process file ``base``, by r."""
-    pattern = re.compile(re.escape(base.name[: -len(".pkl")]) + r"\.rank(\d+)\.pkl")
+    # As rank_path names them: a name not ending in .pkl keeps all of it (it lost four characters here, issue 23).
+    pattern = re.compile(re.escape(_shard_stem(base)) + r"\.rank(\d+)\.pkl")
     return {int(m.group(1)): p for p in base.parent.glob("*.pkl") if (m := pattern.fullmatch(p.name))}
 
 

@@ -1,11 +1,13 @@
 """Atomic saves, checkpoint file names, and resuming a run with exactly the counters of an uninterrupted one."""
 
+import json
 import os
 import pathlib
 
 import pytest
 import stable_baselines3.common.base_class as base_class
 import torch as th
+from conftest import MPI_SCRIPTS, run_mpi, run_python
 from stable_baselines3.common.save_util import save_to_zip_file
 
 from sb3_parallel_dqn import ParallelDQN
@@ -138,6 +140,28 @@ def test_a_save_removes_the_shards_of_an_earlier_save_by_another_world_size(tmp_
         model.load_replay_buffer(tmp_path / "buffer")
 
 
+def test_item5_shard_names_not_ending_in_pkl_keep_their_whole_name(tmp_path, monkeypatch):
+    """Issue 23, item 5: rank files of a name not ending in .pkl were not found (_rank_files cut four characters)."""
+    model = make_model()
+    model.learn(64)
+    for rank in (0, 1):
+        with monkeypatch.context() as patch:
+            as_rank(patch, rank, 2)
+            model.save_replay_buffer(tmp_path / "buffer.data")
+    names = ["buffer.data.rank0.pkl", "buffer.data.rank1.pkl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == names
+    assert [p.name for p in saved_shards(tmp_path / "buffer.data")[0]] == names
+    fresh = make_model(seed=1)
+    with monkeypatch.context() as patch:
+        as_rank(patch, 1, 2)
+        fresh.load_replay_buffer(tmp_path / "buffer.data")
+    assert fresh.replay_buffer.pos == model.replay_buffer.pos
+    # a later save by one process removes the rank files of the same name
+    model.save_replay_buffer(tmp_path / "buffer.data")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["buffer.data"]
+    assert saved_shards(tmp_path / "buffer.data")[1] == 1
+
+
 def test_load_replay_buffer_on_another_world_size(tmp_path, monkeypatch):
     """ParallelDQN.load_replay_buffer: rank r of W loads shard r mod W_saved, whoever saved; an uneven share is refused."""
     model = make_model()
@@ -228,3 +252,31 @@ def test_resume_with_another_layout_keeps_the_target_phase(tmp_path):
     one_env.learn(200, reset_num_timesteps=False)
     # target_update_interval 50 global steps: 350, 400, 450, 500 (one env: one global step per call)
     assert updates == [350, 400, 450, 500]
+
+
+def _run_signalled_in_the_last_rollout(result):
+    reports = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert reports, result.stdout + result.stderr
+    return {report["rank"]: report for report in reports}
+
+
+def test_item5_a_signal_in_the_last_rollout_still_writes_the_final_model(tmp_path):
+    """Issue 23, item 5: SIGTERM in the last rollout exited 143 with a checkpoint only, no final <env>.zip."""
+    result = run_python([str(MPI_SCRIPTS / "signal_last_rollout.py"), str(tmp_path), "0"], timeout=120)
+    reports = _run_signalled_in_the_last_rollout(result)
+    assert reports[0]["exit"] == 143 and result.returncode == 143, result.stdout + result.stderr
+    assert {"CartPole-v1.zip", "replay_buffer.pkl"} <= set(reports[0]["files"]), reports
+    assert "training is complete, final evaluation skipped" in result.stdout
+    model = ParallelDQN.load(tmp_path / "parallel_dqn" / "CartPole-v1_1" / "CartPole-v1.zip")
+    assert model.num_timesteps == 256
+
+
+@pytest.mark.slow
+def test_item5_a_signal_to_one_rank_in_the_last_rollout_under_mpirun(tmp_path):
+    """Issue 23, item 5, under mpirun: every rank writes its final files (model, its shard) and exits 143."""
+    result = run_mpi([str(MPI_SCRIPTS / "signal_last_rollout.py"), str(tmp_path), "1"], timeout=180)
+    reports = _run_signalled_in_the_last_rollout(result)
+    assert sorted(reports) == [0, 1], result.stdout + result.stderr
+    assert [reports[rank]["exit"] for rank in (0, 1)] == [143, 143]
+    expected = {"CartPole-v1.zip", "replay_buffer.rank0.pkl", "replay_buffer.rank1.pkl"}
+    assert expected <= set(reports[0]["files"]), reports

@@ -16,6 +16,9 @@ def set_torch_threads(torch_num_threads: int | None) -> None:
     ``None`` means 1 unless ``OMP_NUM_THREADS`` is set (torch already follows it). Measured on a 2-core machine:
     SB3 DQN on CartPole took 129 s with torch's default 2 threads and 19 s with 1, because small matrix products
     gain nothing from threads while ranks and env workers fight over the cores.
+
+    ``ParallelDQN(...)`` calls it with its ``torch_num_threads``; ``ParallelDQN.load`` only when the file's value or
+    its own argument is a number, so that loading never undoes the process' own ``th.set_num_threads``.
     """
     if torch_num_threads is None:
         if "OMP_NUM_THREADS" in os.environ:

@@ -9,7 +9,8 @@ to write to. Every rank reads the same files and fails the same way, so a bad in
 one message naming the key, flag or file.
 Then rank 0 picks the run folder, every rank builds its envs and the model (new, or resumed from ``-i``), trains with
 checkpoints and periodic evaluation, and saves; a SIGTERM/SIGINT stops every rank after the same rollout and leaves a
-checkpoint to resume from. Rank 0 evaluates the final and the best model on fresh episodes.
+checkpoint to resume from (in the last rollout: the final model, without the final evaluation). Rank 0 evaluates the
+final and the best model on fresh episodes.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ from sb3_parallel_dqn.zoo.envs import (
     wrap_vec_env,
 )
 from sb3_parallel_dqn.zoo.hyperparams import DEFAULT_CONF_FILE, load_entry, parse_override
-from sb3_parallel_dqn.zoo.run_folder import next_run_dir, saved_config_path, write_run_files, yaml_value
+from sb3_parallel_dqn.zoo.run_folder import claim_run_dir, saved_config_path, write_run_files, yaml_value
 
 
 class Setup:
@@ -289,7 +290,7 @@ def train(args: argparse.Namespace) -> int:
 
     # Rank 0 picks the run folder and tells the others, so that concurrent ranks never race for an id.
     uuid_str = f"_{uuid.uuid4()}" if args.uuid else ""
-    new_dir = str(next_run_dir(args.log_folder, args.env, uuid_str)) if comm.is_root() else None
+    new_dir = str(claim_run_dir(args.log_folder, args.env, uuid_str)) if comm.is_root() else None
     run_dir = Path(comm.broadcast_object(new_dir))
     if comm.is_root():
         source = f"entry '{setup.entry}' of {setup.conf_file}"
@@ -327,8 +328,10 @@ def train(args: argparse.Namespace) -> int:
                 reset_num_timesteps=not args.trained_agent,
                 **learn_kwargs,
             )
-        if model.stopped_by_signal is not None:
+        stopped_by = model.stopped_by_signal  # agreed by every rank at the end of a rollout
+        if stopped_by is not None and model.num_timesteps < compat.total_timesteps(model):
             return save_interrupted(model, args, run_dir)
+        # Else training ran to its end (a signal in the last rollout stops after its updates): the final model.
         model_path = run_dir / f"{env_file_name(args.env)}.zip"
         if args.save_replay_buffer:
             model.save_replay_buffer(replay_buffer_path(model_path))  # every rank, its own shard
@@ -339,6 +342,10 @@ def train(args: argparse.Namespace) -> int:
 
     if comm.is_root():
         print(f"Saved model to {model_path}")
+    if stopped_by is not None:  # issue 23, item 5: it used to exit with a checkpoint only, no <env>.zip
+        if comm.is_root():
+            print(f"{stopped_by.name} arrived in the last rollout: training is complete, final evaluation skipped", flush=True)
+        return 128 + stopped_by.value
     # A split model evaluates on every rank of its group (each forward pass is theirs together): all ranks do.
     if args.final_eval_episodes > 0 and (comm.is_root() or setup.model_parallel_size > 1):
         final_evaluation(model, args, settings, run_dir)

@@ -44,6 +44,26 @@ def next_run_dir(log_folder: str | os.PathLike[str], env_id: str, uuid_str: str 
     return pathlib.Path(log_folder) / ALGO / f"{env_file_name(env_id)}_{last + 1}{uuid_str}"
 
 
+def claim_run_dir(log_folder: str | os.PathLike[str], env_id: str, uuid_str: str = "") -> pathlib.Path:
+    """
+    Create the folder of a new run, :func:`next_run_dir`, and return it. The id is claimed atomically: the folder is
+    made without ``exist_ok``, so that of two jobs started together in one log folder, the one that finds its id
+    taken takes the next one (issue 23, item 5: both used to pick the same id and write into one folder).
+    """
+    algo_dir = pathlib.Path(log_folder) / ALGO
+    algo_dir.mkdir(parents=True, exist_ok=True)
+    taken = 0
+    while True:
+        # Past the ids taken meanwhile, and past a name that run_ids does not list (a file, not a folder).
+        run_id = max(max(run_ids(log_folder, env_id), default=0), taken) + 1
+        path = algo_dir / f"{env_file_name(env_id)}_{run_id}{uuid_str}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            taken = run_id
+
+
 def find_run_dir(log_folder: str | os.PathLike[str], env_id: str, exp_id: int = 0, algo: str = ALGO) -> pathlib.Path:
     """
     The folder of run ``exp_id`` (0: the latest) of ``env_id``.
