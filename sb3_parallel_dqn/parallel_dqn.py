@@ -16,7 +16,7 @@ from stable_baselines3.common.utils import polyak_update
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 from stable_baselines3.dqn.policies import CnnPolicy, DQNPolicy, MlpPolicy, MultiInputPolicy
 
-from sb3_parallel_dqn import checkpoints, compat, interrupt
+from sb3_parallel_dqn import checkpoints, interrupt
 from sb3_parallel_dqn.callbacks import with_global_progress_bar
 from sb3_parallel_dqn.distributed import comm, lockstep, mesh, model_parallel
 from sb3_parallel_dqn.distributed.devices import pick_device, set_torch_threads
@@ -25,13 +25,7 @@ from sb3_parallel_dqn.engine import TrainingEngine
 from sb3_parallel_dqn.envs import build_env
 from sb3_parallel_dqn.losses import check_finite
 from sb3_parallel_dqn.policies import resolve_dueling
-from sb3_parallel_dqn.prioritized_replay import (
-    fit_loaded_buffer,
-    replay_buffer_setup,
-    requested_replay_buffer,
-    truncate_last_transitions,
-    with_model_n_steps,
-)
+from sb3_parallel_dqn.prioritized_replay import fitted_replay_buffer, replay_buffer_as_requested, truncate_last_transitions
 from sb3_parallel_dqn.validation import check_action_space, check_model_kwargs
 
 SelfParallelDQN = TypeVar("SelfParallelDQN", bound="ParallelDQN")
@@ -92,8 +86,7 @@ class ParallelDQN(DQN):
     :param env_kwargs: Keyword arguments passed to ``gym.make`` when ``env`` is a string
     :param sync_check_interval: Every this many gradient updates, compare a checksum of the weights across ranks
         and raise ``WeightsDivergedError`` if they differ (0 disables the check)
-    :param torch_num_threads: torch threads of each rank; ``None``: 1, unless ``OMP_NUM_THREADS`` is set. ``load``
-        sets threads only when the file's value or its own argument is a number: it keeps the process' otherwise
+    :param torch_num_threads: torch threads of each rank; ``None``: 1 unless ``OMP_NUM_THREADS`` is set (load keeps)
     :param model_parallel_size: ranks that hold one Q-network, split Megatron-style (tensor parallelism, see
         :mod:`~sb3_parallel_dqn.distributed.tensor_parallel`); the job's W ranks form W / M replicas
     :param shard_optimizer: shard Adam's state over the replicas (ZeRO stage 1, see
@@ -214,20 +207,11 @@ class ParallelDQN(DQN):
     def _setup_model(self) -> None:
         # As SB3, plus the dueling policy class and prioritized replay's n-step settings (load() runs this again).
         self.policy_class, self.policy_kwargs = resolve_dueling(self.policy_class, self.policy_kwargs)  # type: ignore[arg-type]
-        # What the user asked for, not what the last set-up (or the saved file) resolved it to: load(n_steps=..) applies.
-        requested, requested_kwargs = requested_replay_buffer(
-            self.replay_buffer_class, self.replay_buffer_kwargs, getattr(self, "_replay_buffer_setup", None)
-        )
-        kwargs = with_model_n_steps(requested, dict(requested_kwargs), self.n_steps, self.gamma)  # SB3 updates it
-        self.replay_buffer_class, self.replay_buffer_kwargs = requested, kwargs
         if self.torch_num_threads is not None:  # load() sets its argument (or the file's) first; None: see __init__
             set_torch_threads(self.torch_num_threads)
         self._mesh = mesh.get(self.model_parallel_size)  # the model's own (collective the first time M > 1 is used)
-        with compat.n_steps_warning_silenced(self.replay_buffer_class, kwargs, self.n_steps):
+        with replay_buffer_as_requested(self):  # what was asked, not what a set-up resolved: load(n_steps=...) applies
             super()._setup_model()
-        self._replay_buffer_setup = replay_buffer_setup(
-            requested, requested_kwargs, self.replay_buffer_class, self.replay_buffer_kwargs
-        )  # saved with the model, for the next load()
         model_parallel.shard_policy(self.policy, self._mesh)  # cut from the network SB3 built: one start for any mesh
         self._engine = TrainingEngine(self)
 
@@ -390,11 +374,8 @@ class ParallelDQN(DQN):
         return super()._init_callback(callback, progress_bar)
 
     def save(self, path: str | pathlib.Path | io.BufferedIOBase, exclude: Any = None, include: Any = None) -> None:
-        """
-        As SB3's, written by rank 0 (all ranks hold the same weights), atomically: a crash keeps the old file. A split
-        model or a sharded optimizer is gathered first (call it on every rank then). It returns once rank 0's file
-        is complete, on every rank that calls it (see checkpoints.write_on_root); rank 0 may save a plain model alone.
-        """
+        """As SB3's, by rank 0, atomically; a split model or sharded optimizer is gathered first (call it on every rank).
+        Returns once rank 0's file is complete, on every rank that calls it (see checkpoints.write_on_root)."""
         with model_parallel.whole_model(self):
             checkpoints.write_on_root(path, "zip", lambda target: DQN.save(self, target, exclude, include))
 
@@ -407,21 +388,10 @@ class ParallelDQN(DQN):
         checkpoints.save_shard(path, lambda target: DQN.save_replay_buffer(self, target))
 
     def load_replay_buffer(self, path: str | pathlib.Path | io.BufferedIOBase, truncate_last_traj: bool = True) -> None:
-        """
-        As SB3's, each rank its shard (see :meth:`save_replay_buffer`), on any world size: rank r loads r mod W_saved.
-        The loaded buffer then follows the model's settings (class, ``n_steps``, ``gamma``, prioritized replay's),
-        converted where its transitions allow, else refused with a ``ConfigError`` naming the setting (see
-        :func:`~sb3_parallel_dqn.prioritized_replay.fit_loaded_buffer`).
-        """
+        """As SB3's, each rank its shard, on any world size (rank r loads r mod W_saved), fitted to the model's settings."""
         built, shard = self.replay_buffer, checkpoints.shard_to_load(path)
         super().load_replay_buffer(shard, truncate_last_traj)
-        try:
-            self.replay_buffer, converted = fit_loaded_buffer(self.replay_buffer, built, str(shard))  # type: ignore[arg-type]
-        except Exception:
-            self.replay_buffer = built
-            raise
-        if converted is not None and self.verbose >= 1:
-            print(converted)
+        self.replay_buffer = fitted_replay_buffer(self, built, str(shard))
 
     def _excluded_save_params(self) -> list[str]:
         # As SB3, plus this process' runtime state and mesh (a file loads whole unless load() is given a mesh shape).

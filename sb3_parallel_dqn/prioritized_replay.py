@@ -27,6 +27,7 @@ from stable_baselines3.common.buffers import DictReplayBuffer, NStepReplayBuffer
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.vec_env import VecNormalize
 
+from sb3_parallel_dqn import compat
 from sb3_parallel_dqn.sum_tree import SumTree
 
 
@@ -284,6 +285,26 @@ def requested_replay_buffer(
     return replay_buffer_class, replay_buffer_kwargs
 
 
+@contextlib.contextmanager
+def replay_buffer_as_requested(model: Any) -> Iterator[None]:
+    """
+    Around SB3's ``_setup_model`` (``model`` a DQN): set the model's replay-buffer class and keyword arguments from
+    what was asked (:func:`requested_replay_buffer`, so that ``load(path, n_steps=...)`` applies) with the model's
+    n-step settings (:func:`with_model_n_steps`), without SB3's warning that they are ignored (they are not: see
+    ``compat.n_steps_warning_silenced``); afterwards record the request next to what SB3 resolved it to
+    (``model._replay_buffer_setup``, saved with the model) for the next ``load()``.
+    """
+    setup = getattr(model, "_replay_buffer_setup", None)
+    requested, requested_kwargs = requested_replay_buffer(model.replay_buffer_class, model.replay_buffer_kwargs, setup)
+    kwargs = with_model_n_steps(requested, dict(requested_kwargs), model.n_steps, model.gamma)  # SB3 updates it
+    model.replay_buffer_class, model.replay_buffer_kwargs = requested, kwargs
+    with compat.n_steps_warning_silenced(requested, kwargs, model.n_steps):
+        yield
+    model._replay_buffer_setup = replay_buffer_setup(
+        requested, requested_kwargs, model.replay_buffer_class, model.replay_buffer_kwargs
+    )
+
+
 def replay_buffer_setup(
     requested_class: type[ReplayBuffer] | None,
     requested_kwargs: dict[str, Any],
@@ -354,6 +375,19 @@ def _describe(buffer: ReplayBuffer) -> str:
         f"{name}={getattr(buffer, name)}" for name in (*_N_STEP_SETTINGS, *_PRIORITY_SETTINGS) if hasattr(buffer, name)
     ]
     return f"{type(buffer).__name__}({', '.join(settings)})"
+
+
+def fitted_replay_buffer(model: Any, built: ReplayBuffer | None, source: str) -> ReplayBuffer:
+    """
+    ``model.replay_buffer`` as ``load_replay_buffer`` just read it from ``source``, fitted to the model's settings
+    (:func:`fit_loaded_buffer`; ``built`` is the buffer the model had set up from them, which the model keeps when
+    the loaded one is refused); says what was converted when ``model.verbose >= 1``.
+    """
+    loaded, model.replay_buffer = model.replay_buffer, built
+    fitted, converted = fit_loaded_buffer(loaded, built, source)
+    if converted is not None and model.verbose >= 1:
+        print(converted)
+    return fitted
 
 
 def fit_loaded_buffer(loaded: ReplayBuffer, model_buffer: ReplayBuffer | None, source: str) -> tuple[ReplayBuffer, str | None]:
