@@ -41,10 +41,11 @@ def with_global_progress_bar(callback: MaybeCallback, is_root: bool) -> BaseCall
 
 class ParallelEvalCallback(EvalCallback):
     """
-    SB3's ``EvalCallback`` for a job in which every rank evaluates (a split model's forward pass takes its whole
-    model group; saving a split model or a sharded optimizer gathers it, collectively). Every decision that gates a
-    collective is rank 0's: each rank evaluates, then rank 0's episode results are broadcast (one ``bcast``) and all
-    ranks log, compare with the best and save (or not) from the same numbers. Episodes evaluated separately would
+    SB3's ``EvalCallback`` for a job in which every rank takes part in evaluating (a split model's forward pass takes
+    its whole model group; saving a split model or a sharded optimizer gathers it, collectively). Every decision that
+    gates a collective is rank 0's: rank 0 evaluates (with a split model, every rank runs the same episodes with it),
+    its episode results are broadcast (one ``bcast``) and all ranks log, compare with the best and save (or not) from
+    the same numbers. Episodes evaluated separately would
     differ (unseeded eval envs, or floating-point noise), the ranks would disagree on "new best", and the save --
     collective here -- would run on some ranks only: the job would hang.
 
@@ -60,16 +61,20 @@ class ParallelEvalCallback(EvalCallback):
         if self.model.get_vec_normalize_env() is not None:
             sync_envs_normalization(self.training_env, self.eval_env)
         self._is_success_buffer = []
-        episode_rewards, episode_lengths = evaluate_policy(
-            self.model,
-            self.eval_env,
-            n_eval_episodes=self.n_eval_episodes,
-            render=self.render,
-            deterministic=self.deterministic,
-            return_episode_rewards=True,
-            warn=self.warn,
-            callback=self._log_success_callback,
-        )
+        episode_rewards: list[float] | float = []
+        episode_lengths: list[int] | float = []
+        # A whole model's forward is local: only rank 0 plays the episodes. A split one needs every rank of its group.
+        if comm.is_root() or getattr(self.model, "model_parallel_size", 1) > 1:
+            episode_rewards, episode_lengths = evaluate_policy(
+                self.model,
+                self.eval_env,
+                n_eval_episodes=self.n_eval_episodes,
+                render=self.render,
+                deterministic=self.deterministic,
+                return_episode_rewards=True,
+                warn=self.warn,
+                callback=self._log_success_callback,
+            )
         episode_rewards, episode_lengths, self._is_success_buffer = comm.broadcast_object(
             (episode_rewards, episode_lengths, self._is_success_buffer),
             what="the broadcast of rank 0's evaluation (ParallelEvalCallback: every rank must evaluate)",

@@ -84,12 +84,14 @@ def write_on_root(path: str | os.PathLike[str] | io.BufferedIOBase, suffix: str,
     """
     :func:`write_atomically` on rank 0. Called on several ranks, it returns on each once rank 0's file is complete
     (rank 0 announces each write; the others wait for it, watched as a collective), so that every rank may read the
-    file next, as SB3's save-then-load does; rank 0 may also call it alone (it never waits for the others).
+    file next, as SB3's save-then-load does (on a file system they share); rank 0 may also call it alone (it never
+    waits for the others). If rank 0 also saved to ``path`` alone earlier, another rank cannot tell that earlier
+    write from this one and may return as soon as that earlier, complete file is there.
     """
     if comm.is_root():
         write_atomically(path, suffix, write)
-    if comm.world_size() == 1 or isinstance(path, io.BufferedIOBase):
-        return
+    if comm.world_size() == 1 or not isinstance(path, (str, os.PathLike)):
+        return  # a file object: only rank 0's holds the bytes
     if comm.is_root():
         comm.announce_written(os.fspath(path))
     else:

@@ -159,3 +159,19 @@ def test_item2_train_refuses_a_collective_timeout_that_is_not_positive():
     result = run_python(["-m", "sb3_parallel_dqn.train", "--collective-timeout", "0"], timeout=60)
     assert result.returncode == 2
     assert "--collective-timeout: must be > 0 seconds" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("mode", "n_procs"), [("slow_save_then_exit", 2), ("late_broadcast", 4), ("signal_then_long_wait", 2)]
+)
+def test_item2_healthy_jobs_that_wait_are_not_ended(tmp_path, mode, n_procs):
+    """
+    No false alarms: a slow save on every rank whose rank 0 exits right after (its exit notice arrives with the file),
+    a late rank in a broadcast on 4 ranks while the others wait in the next collective, a signal handled between
+    waits and then a wait longer than the signal grace.
+    """
+    check_ok(run_mpi([SCENARIOS, mode, str(tmp_path)], n_procs=n_procs, timeout=150))
+    reports = rank_reports(tmp_path)
+    assert len(reports) == n_procs
+    assert all(report.get("done") or report.get("content") == "done" for report in reports)

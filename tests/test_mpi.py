@@ -178,6 +178,7 @@ def test_settings_that_break_lockstep_are_refused_on_every_rank():
         assert f"rank {rank} local None/{rank} -> cuda:{rank} / cpu" in result.stdout, result.stdout
 
 
+@pytest.mark.slow  # 12 s
 def test_users_own_subproc_vec_envs_and_a_lone_load(tmp_path):
     """
     Regression (issue 12, items 1 and 2): with `from mpi4py import MPI` first, the user's own

@@ -81,6 +81,8 @@ def test_train_under_mpirun_writes_one_run_folder(mpi_run):
     assert not list(run_dir.rglob(".*tmp*"))  # no temporary file left behind
 
 
+# 23 s. The fast tier resumes exactly in test_checkpoints.py, and under mpirun in test_resume_with_another_world_size.
+@pytest.mark.slow
 def test_resume_under_mpirun_continues_exactly(mpi_run):
     """Training 1024 steps then resuming for the rest gives the counters of the uninterrupted 3072-step run."""
     log_folder, _ = mpi_run

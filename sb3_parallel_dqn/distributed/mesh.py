@@ -93,6 +93,10 @@ def get(model_parallel_size: int) -> Mesh:
         data_group = comm.split(
             color=rank % model_parallel_size, key=rank, what="the mesh set-up (ParallelDQN constructor, load)"
         )
+        assert model_group is not None and data_group is not None  # size > 1 means MPI is there (check_size)
+        # Named alike on every rank: the watchdog tells groups with the same ranks apart by name.
+        model_group.Set_name(f"model group (model_parallel_size={model_parallel_size})")
+        data_group.Set_name(f"data group (model_parallel_size={model_parallel_size})")
         mesh = Mesh(
             model_parallel_size,
             world_size // model_parallel_size,

@@ -13,10 +13,11 @@ So, as torch's process-group watchdog does, each rank of a job of several runs a
 (``MPI_Abort``, after printing why) when the main thread has been waiting in one collective and
 
 - a rank of that collective's group has **left**: its script returned or exited (each rank says so to the others
-  from an ``atexit`` hook, :func:`_announce_exit`) -- after :data:`LEFT_GRACE_S`;
-- a rank of the group waits in **another** collective whose group holds this rank (each rank that waits longer
-  than :data:`STUCK_S` tells the ranks of its group which collective it is in) -- after :data:`MISMATCH_S`: the
-  two will never meet, whatever the order;
+  from an ``atexit`` hook, or at an explicit ``MPI.Finalize``) -- :data:`LEFT_GRACE_S` after the notice;
+- a rank of the group waits in **another** collective whose group holds this rank, and neither has reached the
+  other's call (each rank counts its calls per group; each that waits longer than :data:`STUCK_S` tells the ranks
+  of its group which call it is in, and its counts) -- after :data:`MISMATCH_S`: the two will never meet. A rank
+  that is merely late (still in a call the others have passed, as a broadcast lets its root go on) is no cycle;
 - this process received **SIGTERM, SIGINT, SIGHUP or SIGQUIT** (read from the signal wakeup file descriptor, which
   the C-level handler writes even while the main thread is blocked) at least :data:`SIGNAL_GRACE_S` ago, and the
   wait has lasted that long too (a stop at the next safe point, :mod:`~sb3_parallel_dqn.interrupt`, never waits
@@ -44,6 +45,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -61,15 +63,36 @@ WATCHED_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signa
 # Seconds between printing why and aborting: the launcher's output forwarders pass the message on meanwhile.
 _ABORT_GRACE_S = 0.5
 
-# What the main thread waits in: (what, communicator or tuple of world ranks, monotonic start), or None.
-_active: tuple[str, Any, float] | None = None
+# What the main thread waits in: (what, key of its group, this rank's count of calls on that group, monotonic start).
+_active: tuple[str, tuple[str, tuple[int, ...]], int, float] | None = None
 _timeout_s: float | None = None
+# Per group (its key, see _key_of), how many collectives this rank has entered on it: two ranks in collectives that
+# never meet is only certain when each has not yet reached the other's call (see _Watchdog.check).
+_counts: dict[tuple[str, tuple[int, ...]], int] = {}
+_keys: dict[int, tuple[Any, tuple[str, tuple[int, ...]]]] = {}  # id(communicator) -> (it, kept alive; its key)
+
+
+def _key_of(what: str, group: Any) -> tuple[str, tuple[int, ...]]:
+    """A group's name and world ranks, the same on every rank of it (a tuple of ranks: a wait that is no collective)."""
+    if isinstance(group, tuple):
+        return (f"wait: {what}", group)
+    known = _keys.get(id(group))
+    if known is not None:
+        return known[1]
+    from mpi4py import MPI
+
+    ranks = MPI.Group.Translate_ranks(group.Get_group(), list(range(group.Get_size())), MPI.COMM_WORLD.Get_group())
+    key = (group.Get_name(), tuple(int(rank) for rank in ranks))
+    _keys[id(group)] = (group, key)
+    return key
 
 
 def enter(what: str, group: Any) -> None:
     """The main thread starts waiting in the collective ``what`` of ``group`` (a communicator, or world ranks)."""
     global _active
-    _active = (what, group, time.monotonic())
+    key = _key_of(what, group)
+    count = _counts[key] = _counts.get(key, 0) + 1
+    _active = (what, key, count, time.monotonic())
 
 
 def leave() -> None:
@@ -110,58 +133,55 @@ class _Watchdog:
         self.pid = os.getpid()  # a forked child (an env worker) inherits the atexit hook, and must not announce
         self.stop = threading.Event()
         self.left: dict[int, float] = {}  # rank -> when its exit was announced (monotonic, here)
-        self.stuck: dict[int, tuple[int, str, tuple[int, ...], float]] = {}  # rank -> (id, what, ranks, since here)
+        # rank -> (notice id, what, group key, its count there, its counts on every group, when noticed here)
+        self.stuck: dict[int, tuple[int, str, tuple[str, tuple[int, ...]], int, dict, float]] = {}
         self.saves: dict[str, int] = {}  # path -> how many saves rank 0 has finished writing there
         self.signal: tuple[signal.Signals, float] | None = None
         self.announced: tuple[float, tuple[int, ...]] | None = None  # the wait whose stuck notice went out
         self.notice_id = 0
         self.sends: list[Any] = []
-        self.ranks_of: dict[int, tuple[int, ...]] = {}
+        self.lock = threading.Lock()  # the main thread sends too (announce_save)
         self.wakeup_fd: int | None = None
+        self.exited = False
+        self.errors: set[str] = set()
         self.thread = threading.Thread(target=self.run, name="sb3_parallel_dqn-watchdog", daemon=True)
 
     # -- messages ------------------------------------------------------------------------------------------------
     def send(self, message: tuple[Any, ...], ranks: Sequence[int]) -> None:
-        for dest in ranks:
-            if dest != self.rank:
-                self.sends.append(self.world.isend(message, dest=dest, tag=CONTROL_TAG))
-        self.sends = [request for request in self.sends if not request.Test()]
+        with self.lock:
+            for dest in ranks:
+                if dest != self.rank:
+                    self.sends.append(self.world.isend(message, dest=dest, tag=CONTROL_TAG))
+            self.sends = [request for request in self.sends if not request.Test()]
 
     def receive(self) -> None:
         from mpi4py import MPI
 
         status = MPI.Status()
-        while self.world.iprobe(source=MPI.ANY_SOURCE, tag=CONTROL_TAG, status=status):
-            source = status.Get_source()
-            message = self.world.recv(source=source, tag=CONTROL_TAG)
-            kind = message[0]
-            if kind == "left":
-                self.left[source] = time.monotonic()
-            elif kind == "stuck":
-                _, notice, what, ranks = message
-                self.stuck[source] = (notice, what, tuple(ranks), time.monotonic())
-            elif kind == "done":
-                if source in self.stuck and self.stuck[source][0] == message[1]:
-                    del self.stuck[source]
-            elif kind == "saved":
-                _, path, count = message
-                self.saves[path] = max(count, self.saves.get(path, 0))
+        while True:
+            # A matched probe: a script's own receive with MPI.ANY_TAG cannot take the message between probe and recv.
+            matched = self.world.improbe(source=MPI.ANY_SOURCE, tag=CONTROL_TAG, status=status)
+            if matched is None:
+                return
+            source, message = status.Get_source(), matched.recv()
+            if isinstance(message, tuple) and message:
+                self.handle(source, message)
+
+    def handle(self, source: int, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "left":
+            self.left[source] = time.monotonic()
+        elif kind == "stuck" and len(message) == 6:
+            _, notice, what, key, count, counts = message
+            self.stuck[source] = (notice, what, key, count, counts, time.monotonic())
+        elif kind == "done" and len(message) == 2:
+            if source in self.stuck and self.stuck[source][0] == message[1]:
+                del self.stuck[source]
+        elif kind == "saved" and len(message) == 3:
+            _, path, count = message
+            self.saves[path] = max(count, self.saves.get(path, 0))
 
     # -- the loop ------------------------------------------------------------------------------------------------
-    def group_ranks(self, group: Any) -> tuple[int, ...]:
-        if isinstance(group, tuple):
-            return group
-        if group is None:
-            return tuple(range(self.size))
-        key = id(group)
-        if key not in self.ranks_of:
-            from mpi4py import MPI
-
-            self.ranks_of[key] = tuple(
-                MPI.Group.Translate_ranks(group.Get_group(), list(range(group.Get_size())), self.world.Get_group())
-            )
-        return self.ranks_of[key]
-
     def wait_for_wakeup(self) -> None:
         if self.wakeup_fd is None:
             self.stop.wait(POLL_S)
@@ -177,66 +197,91 @@ class _Watchdog:
                     self.signal = (signal.Signals(number), time.monotonic())
 
     def run(self) -> None:
+        from mpi4py import MPI
+
         while not self.stop.is_set():
             self.wait_for_wakeup()
-            if self.stop.is_set():
+            if self.stop.is_set() or MPI.Is_finalized():
                 return
             try:
                 self.receive()
                 self.check()
-            except Exception as error:  # never let the watchdog die silently
-                sys.stderr.write(f"[rank {self.rank}] sb3_parallel_dqn watchdog error: {error!r}\n")
-                return
+            except Exception as error:  # say so once, and keep watching: a dead watchdog would let a hang hang
+                if repr(error) not in self.errors:
+                    self.errors.add(repr(error))
+                    sys.stderr.write(f"[rank {self.rank}] sb3_parallel_dqn watchdog error: {error!r}\n")
 
     def check(self) -> None:
         active, now = _active, time.monotonic()
-        if self.announced is not None and (active is None or active[2] != self.announced[0]):
+        if self.announced is not None and (active is None or active[3] != self.announced[0]):
             self.send(("done", self.notice_id), self.announced[1])
             self.announced = None
         if active is None:
             return
-        what, group, since = active
-        waited = now - since
-        ranks = self.group_ranks(group)
+        what, key, count, since = active
+        ranks, waited = key[1], now - since
         if waited > STUCK_S and self.announced is None:
             self.notice_id += 1
-            self.send(("stuck", self.notice_id, what, ranks), ranks)
+            self.send(("stuck", self.notice_id, what, key, count, dict(_counts)), ranks)
             self.announced = (since, ranks)
         me = f"rank {self.rank} has waited {waited:.0f} s in {what}"
-        gone = sorted(r for r in ranks if r in self.left and r != self.rank)
+        # Announced long enough ago that a wait it completed has returned here (a rank may leave right after a call).
+        gone = sorted(r for r in ranks if r != self.rank and now - self.left.get(r, now) > LEFT_GRACE_S)
         if gone and waited > LEFT_GRACE_S:
             self.abort(
+                active,
                 f"{me}, but rank {', '.join(map(str, gone))} of its group has left (its script returned or exited): "
-                f"{what} must run on every rank of the job, as often and in the same order"
+                f"{what} must run on every rank of the job, as often and in the same order",
             )
         for peer in ranks:
             notice = self.stuck.get(peer)
-            if notice is None or peer == self.rank or self.rank not in notice[2]:
+            if notice is None or peer == self.rank:
                 continue
-            _, other, other_ranks, noticed = notice
-            if (other, other_ranks) != (what, ranks) and waited > MISMATCH_S and now - noticed > MISMATCH_S:
+            _, other, other_key, other_count, other_counts, noticed = notice
+            # A cycle, not lateness: each of the two waits in a call the other has not reached, on a group holding both.
+            cycle = self.rank in other_key[1] and _counts.get(other_key, 0) < other_count and other_counts.get(key, 0) < count
+            if cycle and waited > MISMATCH_S and now - noticed > MISMATCH_S:
                 self.abort(
+                    active,
                     f"{me}, while rank {peer} waits in {other}: collectives called by some ranks only, or in another "
-                    f"order, never meet. {what} and {other} must run on every rank, as often and in the same order"
+                    f"order, never meet. {what} and {other} must run on every rank, as often and in the same order",
                 )
         if self.signal is not None:
             received, at = self.signal
-            if waited > SIGNAL_GRACE_S and now - at > SIGNAL_GRACE_S:
-                self.abort(f"{me}, and {received.name} arrived {now - at:.0f} s ago: ending the job")
+            if since < at and now - at > SIGNAL_GRACE_S:  # the wait it landed in; a stop request is read between waits
+                self.abort(active, f"{me}, and {received.name} arrived {now - at:.0f} s ago: ending the job")
         limit = timeout_s()
         if waited > limit:
             self.abort(
+                active,
                 f"{me}, longer than the collective timeout ({limit:.0f} s; set {TIMEOUT_VARIABLE} or "
-                f"train --collective-timeout): some rank of {list(ranks)} never called it"
+                f"train --collective-timeout): some rank of {list(ranks)} never called it",
             )
 
-    def abort(self, reason: str) -> None:
+    def abort(self, active: tuple[Any, ...], reason: str) -> None:
+        if _active is not active:  # the wait ended meanwhile: nothing to end
+            return
         sys.stderr.write(f"[sb3_parallel_dqn] {reason}. Ending the MPI job (MPI_Abort).\n")
         sys.stderr.write(f"[rank {self.rank}] where the main thread waits:\n")
         faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
         sys.stderr.flush()
         time.sleep(_ABORT_GRACE_S)
         self.world.Abort(1)
+
+    def announce_exit(self) -> None:
+        """Stop the thread, then tell every other rank that this one left (once: atexit or MPI_Finalize)."""
+        if self.exited or os.getpid() != self.pid:
+            return
+        self.exited = True
+        self.stop.set()
+        if self.thread.is_alive() and threading.current_thread() is not self.thread:
+            self.thread.join(timeout=2 * POLL_S + 1)
+        self.send(("left",), range(self.size))
+        deadline = time.monotonic() + 2.0
+        while self.sends and time.monotonic() < deadline:
+            with self.lock:
+                self.sends = [request for request in self.sends if not request.Test()]
+            time.sleep(0.01)
 
 
 _watchdog: _Watchdog | None = None
@@ -245,39 +290,48 @@ _watchdog: _Watchdog | None = None
 def start(world: Any) -> None:
     """
     Start the watchdog thread of this rank (a job of several ranks; once) and the exit notice to the other ranks.
-    Call it from the main thread, where the signal wakeup descriptor can be set.
+    Call it from the main thread, where the signal wakeup descriptor can be set. Needs ``MPI_THREAD_MULTIPLE``
+    (mpi4py's default): with a lower thread level it warns and stays off.
     """
     global _watchdog
     if _watchdog is not None or world.Get_size() == 1 or os.environ.get(SWITCH_VARIABLE) == "0":
+        return
+    from mpi4py import MPI
+
+    if MPI.Query_thread() < MPI.THREAD_MULTIPLE:
+        warnings.warn(
+            "sb3_parallel_dqn's collective watchdog needs MPI_THREAD_MULTIPLE (mpi4py.rc.thread_level = 'multiple'): "
+            "it is off, so a collective that some rank never calls hangs the job",
+            stacklevel=2,
+        )
         return
     watchdog = _Watchdog(world)
     if threading.current_thread() is threading.main_thread():
         read_fd, write_fd = os.pipe()
         os.set_blocking(read_fd, False)
         os.set_blocking(write_fd, False)
-        if signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False) == -1:
+        previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        if previous == -1:
             watchdog.wakeup_fd = read_fd
+            # A forked child (an env worker) must not write its own signals into this process' pipe.
+            os.register_at_fork(after_in_child=_forget_wakeup_fd)
         else:  # somebody else reads the wakeup fd (an event loop): keep theirs, watch without signals
-            signal.set_wakeup_fd(-1)
+            signal.set_wakeup_fd(previous)
             os.close(read_fd)
             os.close(write_fd)
     _watchdog = watchdog
     watchdog.thread.start()
-    atexit.register(_announce_exit)
+    atexit.register(watchdog.announce_exit)
+    # An explicit MPI.Finalize() before exit: MPI deletes COMM_SELF's attributes first, while it still works.
+    keyval = MPI.Comm.Create_keyval(delete_fn=lambda *args: watchdog.announce_exit())
+    MPI.COMM_SELF.Set_attr(keyval, True)
 
 
-def _announce_exit() -> None:
-    """At exit: stop the thread, then tell every other rank that this one left (they end the job if they wait)."""
-    watchdog = _watchdog
-    if watchdog is None or os.getpid() != watchdog.pid:
-        return
-    watchdog.stop.set()
-    watchdog.thread.join(timeout=2 * POLL_S + 1)
-    watchdog.send(("left",), range(watchdog.size))
-    deadline = time.monotonic() + 2.0
-    while watchdog.sends and time.monotonic() < deadline:
-        watchdog.sends = [request for request in watchdog.sends if not request.Test()]
-        time.sleep(0.01)
+def _forget_wakeup_fd() -> None:
+    try:
+        signal.set_wakeup_fd(-1)
+    except ValueError:  # forked from another thread than the main one: that child has no wakeup fd of ours to drop
+        pass
 
 
 def announce_save(path: str, count: int) -> None:
@@ -289,7 +343,8 @@ def announce_save(path: str, count: int) -> None:
 def wait_for_save(path: str, count: int, what: str) -> None:
     """
     Wait until rank 0 has announced its ``count``-th save to ``path`` (see :func:`announce_save`), watched as a
-    collective with rank 0: ends the job if rank 0 left, waits elsewhere, or the timeout passes.
+    collective with rank 0: ends the job if rank 0 left, waits elsewhere, or the timeout passes. Returns at once
+    without the watchdog (``SB3_PARALLEL_DQN_WATCHDOG=0``): nothing then tells this rank when the file is complete.
     """
     watchdog = _watchdog
     if watchdog is None:
@@ -297,6 +352,8 @@ def wait_for_save(path: str, count: int, what: str) -> None:
     enter(what, (0, watchdog.rank))
     try:
         while watchdog.saves.get(path, 0) < count:
+            if not watchdog.thread.is_alive():
+                raise RuntimeError(f"{what}: the collective watchdog has stopped, so nothing tells when rank 0 wrote it")
             time.sleep(0.002)
     finally:
         leave()

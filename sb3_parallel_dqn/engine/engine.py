@@ -148,7 +148,8 @@ class TrainingEngine:
         batch, weights, self._sampled_leaves = buffer.sample_prioritized(batch_size, env=self.model._vec_normalize_env)
         # Divide by the largest weight of this step over all ranks: every rank's samples then count on one scale in
         # the averaged gradient, and weights only ever scale updates down (Schaul et al. 2016, section 3.4).
-        max_weight = comm.allreduce_max_(np.array([weights.max()]), what="the prioritized-replay weight Allreduce of train()")[0]
+        what = "the prioritized-replay weight Allreduce of train()"
+        max_weight = comm.allreduce_max_(np.array([weights.max()]), what=what)[0]
         weights_column = th.as_tensor(weights / max_weight, dtype=th.float32, device=self.model.device).reshape(-1, 1)
         self._mark("sample")
         return batch, weights_column

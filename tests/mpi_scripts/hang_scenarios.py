@@ -75,6 +75,37 @@ elif MODE == "timeout":
         time.sleep(600)  # alive, not in any collective: only the collective timeout can end this
     reached("learn")
     model.learn(200)
+elif MODE == "slow_save_then_exit":
+    # Healthy: SB3's last line, model.save(path) on every rank, with a slow write; rank 0's script ends right after.
+    from sb3_parallel_dqn.checkpoints import write_on_root
+
+    def slow_write(target: object) -> None:
+        time.sleep(4.5)
+        Path(str(target)).write_bytes(b"done")
+
+    write_on_root(FOLDER / "slow.bin", "bin", slow_write)
+    report(content=(FOLDER / "slow.bin").read_bytes().decode())
+elif MODE == "late_broadcast":
+    # Healthy, on 4 ranks: a broadcast lets its root and some ranks go on while a late rank has not arrived; they wait
+    # in the next collective meanwhile, the late rank's neighbours in the broadcast. Lateness, not a cycle.
+    if RANK == 2:
+        time.sleep(10)
+    comm.broadcast_object("seed", what="the late broadcast")
+    comm.allreduce_sum_(np.zeros(2), what="the next Allreduce")
+    report(done=True)
+elif MODE == "signal_then_long_wait":
+    # Healthy: a stop request handled between waits (not in one), then a long wait that is no hang.
+    import os
+    import signal
+
+    with stop_on_signals():
+        if RANK == 0:
+            os.kill(os.getpid(), signal.SIGTERM)  # recorded as a stop request
+        comm.allreduce_sum_(np.zeros(1), what="a quick Allreduce")
+        if RANK == 1:
+            time.sleep(25)  # e.g. rank 1 evaluating alone, longer than SIGNAL_GRACE_S
+        comm.allreduce_sum_(np.zeros(1), what="the long wait")
+    report(done=True)
 elif MODE == "save_load_everywhere":
     # SB3's habit: save, then load on every rank; and a rank-0-only save of a plain model, then training goes on.
     model = ParallelDQN("MlpPolicy", "CartPole-v1", **SMALL)
