@@ -26,7 +26,7 @@ class GlobalProgressBarCallback(ProgressBarCallback):
 
     def _on_step(self) -> bool:
         # Every rank steps ``num_envs`` envs per call, in lockstep with this one.
-        self.pbar.update(lockstep.global_envs(self.training_env.num_envs, getattr(self.model, "_mesh", None)))
+        self.pbar.update(lockstep.global_envs(self.training_env.num_envs, self.model._mesh))  # type: ignore[attr-defined]
         return True
 
 

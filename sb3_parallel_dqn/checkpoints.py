@@ -207,11 +207,18 @@ def save_shard(path: str | os.PathLike[str] | io.BufferedIOBase, write: Callable
     Write this rank's file of a per-rank pickle saved under ``path`` (:func:`rank_path`) atomically with
     ``write(target)``. Rank 0 then deletes what an earlier save under the same name by another number of ranks left
     and this save does not overwrite (:func:`remove_stale_shards`): a load would otherwise mix the shards of two
-    saves, or take the wrong set. No collective: one rank may save alone.
+    saves, or take the wrong set. With several ranks, call it on every rank: each returns once every shard is
+    written (watched as a collective: a rank that never saves ends the job with a message), so that any rank may
+    load the set next.
     """
     write_atomically(rank_path(path), "pkl", write)
-    if not isinstance(path, io.BufferedIOBase) and comm.is_root():
+    if isinstance(path, io.BufferedIOBase):
+        return  # a file object: this rank's bytes only
+    if comm.is_root():
         remove_stale_shards(path, comm.world_size())
+    if comm.world_size() > 1:
+        base = os.fspath(rank_path(path, world_size=1))
+        comm.wait_until_all_written(base, f"save_replay_buffer({base!r}), waiting for every rank's shard")
 
 
 def remove_stale_shards(path: str | os.PathLike[str], world_size: int) -> list[pathlib.Path]:

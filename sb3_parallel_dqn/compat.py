@@ -192,6 +192,7 @@ PROTECTED_DQN_STATE = {
     "target_update_interval // n_envs",
     "_n_updates": "the gradient steps made by train()",
     "_last_obs": "the observation that collect_rollouts chooses the next actions for",
+    "_episode_num": "the episodes finished, logged as time/episodes",
 }
 
 
@@ -330,6 +331,11 @@ def target_update_calls(model: Any) -> int:
 def set_target_update_calls(model: Any, calls: int) -> None:
     """Set the counter of :func:`target_update_calls`."""
     model._n_calls = calls
+
+
+def count_episodes(model: Any, n_episodes: int) -> None:
+    """Add ``n_episodes`` to the episodes ``model`` logs as finished (``time/episodes``)."""
+    model._episode_num += n_episodes
 
 
 def n_updates(model: Any) -> int:

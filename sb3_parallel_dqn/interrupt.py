@@ -21,6 +21,8 @@ import threading
 from collections.abc import Iterator
 from types import FrameType
 
+from sb3_parallel_dqn.distributed import watchdog
+
 # The signal received inside the stop_on_signals() block in progress, and whether training has acted on it already.
 _received: signal.Signals | None = None
 _acted_on = False
@@ -52,6 +54,7 @@ def clear() -> None:
 
 
 def _handler(signum: int, frame: FrameType | None) -> None:
+    watchdog.signal_read(signum)  # read between waits: a request, not a rank stuck in a collective
     if _received is not None and signum == signal.SIGINT:
         raise KeyboardInterrupt  # the second Ctrl-C in the block: stop now, even while the first stop saves its files
     request(signum)

@@ -16,14 +16,14 @@ from stable_baselines3.common.utils import polyak_update
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 from stable_baselines3.dqn.policies import CnnPolicy, DQNPolicy, MlpPolicy, MultiInputPolicy
 
-from sb3_parallel_dqn import checkpoints, interrupt
+from sb3_parallel_dqn import checkpoints
 from sb3_parallel_dqn.callbacks import with_global_progress_bar
-from sb3_parallel_dqn.distributed import comm, lockstep, mesh, model_parallel
+from sb3_parallel_dqn.distributed import comm, lockstep, mesh
 from sb3_parallel_dqn.distributed.devices import pick_device, set_torch_threads
 from sb3_parallel_dqn.distributed.gradients import broadcast_module_, broadcast_optimizer_
-from sb3_parallel_dqn.engine import TrainingEngine
+from sb3_parallel_dqn.engine import Collector, GlobalClock, Learner, model_parallel
+from sb3_parallel_dqn.engine.settings_check import check_model
 from sb3_parallel_dqn.envs import build_env
-from sb3_parallel_dqn.losses import check_finite
 from sb3_parallel_dqn.policies import resolve_dueling
 from sb3_parallel_dqn.prioritized_replay import fitted_replay_buffer, replay_buffer_as_requested, truncate_last_transitions
 from sb3_parallel_dqn.validation import check_action_space, check_model_kwargs
@@ -141,8 +141,6 @@ class ParallelDQN(DQN):
         check_model_kwargs(**locals())  # the arguments that have a rule (validation.ARGUMENT_RULES), as config files
         # Process-local runtime state, never saved (see _excluded_save_params); the base class' __init__ needs it.
         self._world_size, self._rank = comm.world_size(), comm.rank()
-        self._engine = TrainingEngine(self)
-        self._global_episode_means: dict[str, float] | None = None
         # The signal (see sb3_parallel_dqn.interrupt) that stopped training on some rank, after that rollout's updates.
         self.stopped_by_signal: signal.Signals | None = None
         # Saved: global envs per _on_step call when the model last trained, so that a run resumed with another
@@ -151,9 +149,9 @@ class ParallelDQN(DQN):
         self._episode_stats_rank = self._rank
         self.model_parallel_size, self.shard_optimizer = model_parallel_size, shard_optimizer
         if _init_setup_model:  # every rank runs this: set up the mesh before the envs, whose seeds count replicas
-            seed = mesh.setup(model_parallel_size).seed_of_the_job(seed)
+            seed = mesh.get(model_parallel_size).seed_of_the_job(seed)
         if isinstance(env, str):
-            env = build_env(env, n_envs, env_kwargs, vec_env_cls, vec_env_kwargs)
+            env = build_env(env, n_envs, env_kwargs, vec_env_cls, vec_env_kwargs, model_parallel_size)
         elif isinstance(env, VecEnv) and n_envs not in (1, env.num_envs):
             raise ValueError(f"n_envs={n_envs} but the given VecEnv has {env.num_envs} envs; n_envs only applies to env ids")
 
@@ -194,7 +192,7 @@ class ParallelDQN(DQN):
             set_torch_threads(self.torch_num_threads)  # the constructor's default (None: 1); load() keeps the process'
             self._setup_model()
             if self._world_size > 1:
-                lockstep.check_model(self)  # before the broadcast, whose size is the model's
+                check_model(self)  # before the broadcast, whose size is the model's
             broadcast_module_(self.policy, group=self._mesh.data_group)  # rank 0's weights (its shard's), whatever the seed
 
     @staticmethod
@@ -213,17 +211,20 @@ class ParallelDQN(DQN):
         with replay_buffer_as_requested(self):  # what was asked, not what a set-up resolved: load(n_steps=...) applies
             super()._setup_model()
         model_parallel.shard_policy(self.policy, self._mesh)  # cut from the network SB3 built: one start for any mesh
-        self._engine = TrainingEngine(self)
+        # The two roles and the step arithmetic they share (process-local, never saved).
+        self._clock = GlobalClock(self, self._mesh)
+        self._collector = Collector(self, self._mesh, self._clock)
+        self._learner = Learner(self, self._mesh)
 
     def set_random_seed(self, seed: int | None = None) -> None:
         # As SB3, offset by rank: ranks explore and sample differently, env i of rank r gets seed + r * n_envs + i.
         if seed is not None:
-            super().set_random_seed(lockstep.env_seed(seed, self.n_envs, grid=self._mesh))
+            super().set_random_seed(lockstep.env_seed(seed, self.n_envs, 0, self._mesh.data_rank))
 
     def _on_step(self) -> None:
         # As SB3, with the target update every target_update_interval global steps: each call is n_envs * W of them.
         self._n_calls += 1
-        if self._n_calls % lockstep.calls_per(self.target_update_interval, self.n_envs, self._mesh) == 0:
+        if self._clock.target_update_due(self._n_calls, self.target_update_interval):
             polyak_update(self.q_net.parameters(), self.q_net_target.parameters(), self.tau)
             # Copy running stats, see GH issue #996
             polyak_update(self.batch_norm_stats, self.batch_norm_stats_target, 1.0)
@@ -235,11 +236,9 @@ class ParallelDQN(DQN):
         self, learning_starts: int, action_noise: ActionNoise | None = None, n_envs: int = 1
     ) -> tuple[np.ndarray, np.ndarray]:
         # As SB3 (the lean path draws the same actions), and num_timesteps counts the other ranks' steps too.
-        lean = self._engine.greedy_or_random(n_envs)
+        lean = self._collector.greedy_or_random(n_envs)
         actions = super()._sample_action(learning_starts, action_noise, n_envs) if lean is None else (lean, lean)
-        # collect_rollouts() adds this rank's n_envs right after env.step(), which follows this call; the other ranks
-        # step as many envs at the same time: count theirs now, so that callbacks and schedules read a global count.
-        self.num_timesteps += lockstep.global_envs(n_envs, self._mesh) - n_envs
+        self._clock.count_other_ranks(n_envs)  # env.step() follows this call
         return actions
 
     def collect_rollouts(
@@ -256,65 +255,43 @@ class ParallelDQN(DQN):
         if self.stopped_by_signal is not None:
             # All ranks agreed at the end of the last rollout, whose updates are done: stop on this boundary.
             return RolloutReturn(0, 0, continue_training=False)
-        self._engine.start_rollout()
+        self._collector.start_rollout()
         rollout = super().collect_rollouts(
             env, callback, train_freq, replay_buffer, action_noise, learning_starts, log_interval
         )
-        assert self.ep_info_buffer is not None and self.ep_success_buffer is not None
-        agreed = lockstep.agree_on_rollout(
-            not rollout.continue_training,
-            rollout.episode_timesteps,
-            rollout.n_episodes,
-            self.ep_info_buffer,
-            self.ep_success_buffer,
-            interrupt.requested(),
-            self._mesh,
-        )
-        # num_timesteps assumed every rank made as many steps as this one (they differ after a callback stop).
-        self.num_timesteps += agreed.n_steps - lockstep.global_envs(1, self._mesh) * rollout.episode_timesteps
-        self._episode_num += agreed.n_episodes - rollout.n_episodes  # time/episodes counts every rank's
-        self._global_episode_means = agreed.episode_means if self._world_size > 1 else None
-        lockstep.realign_after_stop(self, agreed.stop)  # the ranks' steps differ after a stop: progress, target
-        if agreed.signal is not None:
-            self.stopped_by_signal = agreed.signal
-            interrupt.acknowledge()  # on every rank: a later learn() runs in full
-        return rollout._replace(continue_training=not agreed.stop)
+        return self._collector.finish_rollout(rollout)
 
     def dump_logs(self) -> None:
         # As SB3, with the episode statistics of every rank (exchanged at the end of the last rollout).
-        with lockstep.episode_buffers_of_the_job(self):
+        with self._collector.episode_buffers_of_the_job():
             super().dump_logs()
 
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
-        # As SB3, on the engine's speed paths, with gradients averaged over ranks, Double/prioritized targets, NaN checks.
+        # As SB3, with the update behind the learner: gradients averaged over ranks before clipping, NaN checks.
         # Switch to train mode (this affects batch norm / dropout)
         self.policy.set_training_mode(True)
         # Update learning rate according to schedule
         self._update_learning_rate(self.policy.optimizer)
 
-        engine, losses = self._engine, []
-        engine.start_updates(gradient_steps, batch_size)
-        try:
-            for step in range(gradient_steps):
-                replay_data, weights = engine.sample(batch_size)
-                loss, td_errors = engine.gradients(replay_data, self.gamma, self.double_q, weights)
+        losses = []
+        with self._learner.updates(gradient_steps, batch_size) as learner:
+            for _ in range(gradient_steps):
+                # Sample replay buffer (with importance weights when prioritized)
+                replay_data, weights = learner.sample(batch_size)
+                # The TD loss (Double DQN targets with double_q) and its gradients, averaged over ranks
+                loss, td_errors = learner.gradients(replay_data, self.gamma, self.double_q, weights)
                 losses.append(loss)
                 # Clip gradient norm
-                grad_norm = engine.clip_grad_norm_(self.max_grad_norm)
-                n_updates = self._n_updates + step + 1
-                check_finite(losses[-1], grad_norm, n_updates, self.num_timesteps)
-                engine.step(td_errors)
-                if self._world_size > 1 and self.sync_check_interval > 0 and n_updates % self.sync_check_interval == 0:
-                    model_parallel.check_shards_synced(self.policy, n_updates, self._mesh)
-        finally:
-            engine.end_updates()
+                grad_norm = learner.clip_grad_norm_(self.max_grad_norm)
+                # Optimize the policy, once the loss and the norm are checked finite
+                learner.step(loss, grad_norm, td_errors)
 
         # Increase update counter
         self._n_updates += gradient_steps
 
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self.logger.record("train/loss", np.mean(losses))
-        sync_ms = engine.pop_mean_sync_ms()
+        sync_ms = self._learner.pop_mean_sync_ms()
         if sync_ms is not None:
             self.logger.record("time/mpi_sync_ms", sync_ms)
 
@@ -342,18 +319,14 @@ class ParallelDQN(DQN):
         self.stopped_by_signal = None
         if self._world_size > 1:
             start = 0 if reset_num_timesteps else self.num_timesteps
-            lockstep.check_model(self, total_timesteps=total_timesteps, reset_num_timesteps=reset_num_timesteps, start=start)
+            check_model(self, total_timesteps=total_timesteps, reset_num_timesteps=reset_num_timesteps, start=start)
             # Here rather than in load()/set_parameters(), which stay free of collectives (one rank may load alone).
             broadcast_module_(self.policy, group=self._mesh.data_group)
             broadcast_optimizer_(self.policy.optimizer, group=self._mesh.data_group)
             if self._rank != 0:
                 self.set_logger(Logger(folder=None, output_formats=[]))  # only rank 0 writes stdout, csv, tensorboard
-        global_envs = lockstep.global_envs(self.n_envs, self._mesh)
-        if not reset_num_timesteps and self._global_envs not in (None, global_envs):
-            # Another layout since the last run: rescale the call counter so that the next target update falls on the
-            # same global step (_on_step counts calls).
-            self._n_calls = self._n_calls * self._global_envs // global_envs
-        self._global_envs = global_envs
+        # Another layout since the last run: the call counter is rescaled, so that target updates keep their phase.
+        self._global_envs = self._clock.start_learn(reset_num_timesteps, self._global_envs)
         if self._episode_stats_rank != self._rank:
             # Loaded from rank 0's file: these are rank 0's episodes, which rank 0 itself counts in the global means.
             self.ep_info_buffer = self.ep_success_buffer = None  # SB3 starts new ones below
@@ -364,7 +337,7 @@ class ParallelDQN(DQN):
         total_timesteps, callback = super()._setup_learn(
             total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar
         )
-        model_parallel.check_identical_observations(self)
+        model_parallel.check_identical_observations(self, self._mesh)
         return total_timesteps, callback
 
     def _init_callback(self, callback: MaybeCallback, progress_bar: bool = False) -> BaseCallback:
@@ -376,15 +349,16 @@ class ParallelDQN(DQN):
     def save(self, path: str | pathlib.Path | io.BufferedIOBase, exclude: Any = None, include: Any = None) -> None:
         """As SB3's, by rank 0, atomically; a split model or sharded optimizer is gathered first (call it on every rank).
         Returns once rank 0's file is complete, on every rank that calls it (see checkpoints.write_on_root)."""
-        with model_parallel.whole_model(self):
+        with model_parallel.whole_model(self, self._learner, self._mesh, self.shard_optimizer):
             checkpoints.write_on_root(path, "zip", lambda target: DQN.save(self, target, exclude, include))
 
     def memory_report(self) -> dict[str, int]:
         """Bytes this rank holds: ``parameters``, ``gradients``, ``optimizer`` (state) and ``replay_buffer``."""
-        return model_parallel.memory_report(self)
+        return model_parallel.memory_report(self, self._learner)
 
     def save_replay_buffer(self, path: str | pathlib.Path | io.BufferedIOBase) -> None:
-        """As SB3's, atomically, each rank its own: rank r of several writes ``<path>.rank<r>.pkl`` (see save_shard)."""
+        """As SB3's, atomically, each rank its own: rank r of several writes ``<path>.rank<r>.pkl``; call it on every
+        rank, it returns once every shard is written (see checkpoints.save_shard)."""
         checkpoints.save_shard(path, lambda target: DQN.save_replay_buffer(self, target))
 
     def load_replay_buffer(self, path: str | pathlib.Path | io.BufferedIOBase, truncate_last_traj: bool = True) -> None:
@@ -395,5 +369,5 @@ class ParallelDQN(DQN):
 
     def _excluded_save_params(self) -> list[str]:
         # As SB3, plus this process' runtime state and mesh (a file loads whole unless load() is given a mesh shape).
-        runtime = ["_world_size", "_rank", "_engine", "_global_episode_means", "stopped_by_signal", "model_parallel_size"]
+        runtime = ["_world_size", "_rank", "_collector", "_learner", "_clock", "stopped_by_signal", "model_parallel_size"]
         return [*super()._excluded_save_params(), *runtime, "shard_optimizer", "_mesh"]

@@ -139,7 +139,7 @@ def test_item5_time_split_covers_the_profiled_gradient_steps(algo):
     total = split["total_us"] * n_steps / 1e6
     assert 0.5 * wall <= total <= wall, (total, wall)
     if algo == "pdqn":
-        assert model._engine.timer is None and model._n_updates == n_updates + n_steps
+        assert model._learner.timer is None and model._n_updates == n_updates + n_steps
 
 
 def test_zoo_conf_file_is_rl_zoo3s_own(tmp_path):

@@ -273,3 +273,7 @@ def test_protected_dqn_state_holds_what_the_accessors_rely_on():
     assert compat.refresh_progress(model) == pytest.approx(0.75), f"{state['_update_current_progress_remaining']}"
     compat.set_target_update_calls(model, 7)
     assert model._n_calls == 7
+    episodes = model._episode_num
+    assert isinstance(episodes, int), f"_episode_num: {state['_episode_num']}"
+    compat.count_episodes(model, 3)
+    assert model._episode_num == episodes + 3

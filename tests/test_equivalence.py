@@ -28,7 +28,7 @@ def test_same_weights_as_sb3_dqn(n_envs):
     sb3 = DQN("MlpPolicy", env(), **SETTINGS).learn(3_000)
     ours = ParallelDQN("MlpPolicy", env(), **SETTINGS).learn(3_000)
 
-    assert ours._engine.mlp_gradients is not None  # the hand-written MLP backward was the one used
+    assert ours._learner.mlp_gradients is not None  # the hand-written MLP backward was the one used
     assert ours.num_timesteps == sb3.num_timesteps
     assert ours._n_updates == sb3._n_updates > 500
     assert ours.exploration_rate == sb3.exploration_rate
@@ -49,10 +49,10 @@ def test_lean_action_selection_is_used_and_picks_the_greedy_action():
     model.learn(64)
     for _ in range(20):
         observation = model._last_obs
-        fast = model._engine.greedy_or_random(n_envs=1)
+        fast = model._collector.greedy_or_random(n_envs=1)
         assert fast is not None
         expected, _ = model.predict(observation, deterministic=True)
         assert np.array_equal(fast, expected) and fast.dtype == expected.dtype
         model._last_obs, *_ = model.env.step(fast)
     model.num_timesteps, model.learning_starts = 0, 10  # before learning_starts: SB3's own path (random actions)
-    assert model._engine.greedy_or_random(n_envs=1) is None
+    assert model._collector.greedy_or_random(n_envs=1) is None

@@ -82,8 +82,8 @@ def test_parallel_dqn_uses_it_for_an_mlp_and_steps_aside_for_a_hook():
     model = ParallelDQN("MlpPolicy", "CartPole-v1", learning_starts=0, train_freq=4, gradient_steps=1, seed=0,
                         policy_kwargs={"net_arch": [16]})  # fmt: skip
     model.learn(64)
-    assert model._engine.mlp_gradients is not None
+    assert model._learner.mlp_gradients is not None
     calls = []
     model.q_net.q_net[0].weight.register_hook(lambda grad: calls.append(grad.shape))
     model.learn(32, reset_num_timesteps=False)
-    assert model._engine.mlp_gradients is None and calls  # autograd's backward, which runs the hook
+    assert model._learner.mlp_gradients is None and calls  # autograd's backward, which runs the hook

@@ -161,12 +161,12 @@ def test_weighted_loss_and_priority_update_on_a_real_batch():
     np.random.seed(5)
     _, raw_weights, _ = buffer.sample_prioritized(32)
     np.random.seed(5)
-    model._engine.start_updates(1, 32)
-    replay_data, weights = model._engine.sample(32)
-    leaves = model._engine._sampled_leaves
+    model._learner.start_updates(1, 32)
+    replay_data, weights = model._learner.sample(32)
+    leaves = model._learner._sampled_leaves
     np.testing.assert_allclose(weights.numpy()[:, 0], raw_weights / raw_weights.max(), rtol=1e-6)
     loss, td_errors = td_loss(model.q_net, model.q_net_target, replay_data, model.gamma, weights=weights)
-    model._engine.end_updates()
+    model._learner.end_updates()
     with th.no_grad():
         current = model.q_net(replay_data.observations).gather(1, replay_data.actions.long())
         target = (

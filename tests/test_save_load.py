@@ -49,7 +49,7 @@ def test_zip_holds_no_process_local_state(trained):
 
     _, path = trained
     data, _, _ = load_from_zip_file(path)
-    assert not {"_world_size", "_rank", "_grad_averager", "_global_episode_means"} & data.keys()
+    assert not {"_world_size", "_rank", "_collector", "_learner", "_clock", "_mesh"} & data.keys()
 
 
 def test_continue_training_after_load(trained):

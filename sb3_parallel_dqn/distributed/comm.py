@@ -397,6 +397,17 @@ def announce_written(key: str) -> None:
     watchdog.announce_save(key, _written[key])
 
 
+def wait_until_all_written(key: str, what: str) -> None:
+    """
+    Every rank wrote its own file of ``key`` (a replay-buffer shard): tell the others, and return once each of them
+    has written theirs as often, so that every shard of a save made "on every rank" is complete when it returns and
+    any rank may load the set next. Call it on every rank (watched as a collective); nothing with one process.
+    """
+    _written[key] = _written.get(key, 0) + 1
+    watchdog.announce_save(key, _written[key])
+    watchdog.wait_for_save(key, _written[key], what, ranks=range(world_size()))
+
+
 def wait_until_written(key: str, what: str) -> None:
     """
     On a rank other than 0: return once rank 0 has written ``key`` as often as this rank has asked for it

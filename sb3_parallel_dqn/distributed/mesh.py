@@ -9,10 +9,10 @@ replica of its own, and the data group is the world.
 
 :func:`get` makes the two sub-communicators of a size once (``Split``: collective, so it runs where every rank
 runs, in ``ParallelDQN``'s constructor or ``load(..., model_parallel_size=M)`` on every rank). Each model keeps its
-own mesh, and its tensor-parallel layers find their group by size, so models of different shapes can live in one
-process (a whole model loaded by rank 0 alone next to a split one). :func:`setup` also makes a mesh *current*: the
-one that envs built before a model are seeded for (the lockstep rules,
-:mod:`~sb3_parallel_dqn.distributed.lockstep`, count replicas, not ranks); only collective code sets it.
+own mesh, passed explicitly to what counts in it (the lockstep rules, env seeds), so models of different shapes can
+live in one process (a whole model loaded by rank 0 alone next to a split one) and nothing depends on which model was
+built first. The only module state is the cache of the communicators made so far, by size, since making one is
+collective; the tensor-parallel layers find their group there by size, so that they copy and pickle.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class Mesh:
     def seed_of_the_job(self, seed: int | None) -> int | None:
         """
         ``seed``, or with model parallelism and no seed one drawn by rank 0 for the whole job (one ``Bcast``): the
-        shards of a replica must be seeded alike (see :mod:`~sb3_parallel_dqn.distributed.model_parallel`).
+        shards of a replica must be seeded alike (see :mod:`~sb3_parallel_dqn.engine.model_parallel`).
         """
         if seed is not None or self.model_parallel_size == 1:
             return seed
@@ -61,8 +61,7 @@ class Mesh:
         )
 
 
-_meshes: dict[int, Mesh] = {}
-_current: Mesh | None = None
+_meshes: dict[int, Mesh] = {}  # made by get(), by model-parallel size
 
 
 def check_size(model_parallel_size: int, world_size: int) -> None:
@@ -107,15 +106,3 @@ def get(model_parallel_size: int) -> Mesh:
         )
     _meshes[model_parallel_size] = mesh
     return mesh
-
-
-def setup(model_parallel_size: int) -> Mesh:
-    """:func:`get`, and make that mesh current (for the envs built next). Call it on every rank at once."""
-    global _current
-    _current = get(model_parallel_size)
-    return _current
-
-
-def current() -> Mesh:
-    """The current mesh (one replica per rank until :func:`setup` says otherwise)."""
-    return _current if _current is not None else setup(1)

@@ -19,9 +19,9 @@ So, as torch's process-group watchdog does, each rank of a job of several runs a
   of its group which call it is in, and its counts) -- after :data:`MISMATCH_S`: the two will never meet. A rank
   that is merely late (still in a call the others have passed, as a broadcast lets its root go on) is no cycle;
 - this process received **SIGTERM, SIGINT, SIGHUP or SIGQUIT** (read from the signal wakeup file descriptor, which
-  the C-level handler writes even while the main thread is blocked) at least :data:`SIGNAL_GRACE_S` ago, and the
-  wait has lasted that long too (a stop at the next safe point, :mod:`~sb3_parallel_dqn.interrupt`, never waits
-  that long in one collective);
+  the C-level handler writes even while the main thread is blocked) at least :data:`SIGNAL_GRACE_S` ago, the main
+  thread has not run a Python handler for it since (:func:`signal_read`: a stop request that the program read, as
+  :mod:`~sb3_parallel_dqn.interrupt`'s, is the program's to act on) and the wait has lasted that long too;
 - it has waited longer than the **collective timeout**: :data:`DEFAULT_TIMEOUT_S` (30 minutes, torch's default
   process-group timeout), or ``SB3_PARALLEL_DQN_COLLECTIVE_TIMEOUT`` seconds, or :func:`set_timeout`.
 
@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import atexit
 import faulthandler
+import math
 import os
 import select
 import signal
@@ -69,6 +70,8 @@ _timeout_s: float | None = None
 # Per group (its key, see _key_of), how many collectives this rank has entered on it: two ranks in collectives that
 # never meet is only certain when each has not yet reached the other's call (see _Watchdog.check).
 _counts: dict[tuple[str, tuple[int, ...]], int] = {}
+# When the main thread last ran a Python handler for each signal (signal_read): it was not blocked then.
+_read_at: dict[int, float] = {}
 _keys: dict[int, tuple[Any, tuple[str, tuple[int, ...]]]] = {}  # id(communicator) -> (it, kept alive; its key)
 
 
@@ -93,6 +96,17 @@ def enter(what: str, group: Any) -> None:
     key = _key_of(what, group)
     count = _counts[key] = _counts.get(key, 0) + 1
     _active = (what, key, count, time.monotonic())
+
+
+def signal_read(signum: int) -> None:
+    """
+    A Python signal handler of the main thread ran for ``signum`` (call it from the handler): the main thread was
+    not blocked in a collective then, so the signal, a request the program read, does not end the job. The
+    watchdog reads the signal from the wakeup descriptor later than it arrived, by as much as the machine's load
+    delays its thread: without this, a request read just before a long healthy wait looked like one that landed in
+    it.
+    """
+    _read_at[signum] = time.monotonic()
 
 
 def leave() -> None:
@@ -135,7 +149,7 @@ class _Watchdog:
         self.left: dict[int, float] = {}  # rank -> when its exit was announced (monotonic, here)
         # rank -> (notice id, what, group key, its count there, its counts on every group, when noticed here)
         self.stuck: dict[int, tuple[int, str, tuple[str, tuple[int, ...]], int, dict, float]] = {}
-        self.saves: dict[str, int] = {}  # path -> how many saves rank 0 has finished writing there
+        self.saves: dict[tuple[str, int], int] = {}  # (path, rank) -> how many saves that rank finished writing there
         self.signal: tuple[signal.Signals, float] | None = None
         self.announced: tuple[float, tuple[int, ...]] | None = None  # the wait whose stuck notice went out
         self.notice_id = 0
@@ -179,7 +193,7 @@ class _Watchdog:
                 del self.stuck[source]
         elif kind == "saved" and len(message) == 3:
             _, path, count = message
-            self.saves[path] = max(count, self.saves.get(path, 0))
+            self.saves[path, source] = max(count, self.saves.get((path, source), 0))
 
     # -- the loop ------------------------------------------------------------------------------------------------
     def wait_for_wakeup(self) -> None:
@@ -248,7 +262,9 @@ class _Watchdog:
                 )
         if self.signal is not None:
             received, at = self.signal
-            if since < at and now - at > SIGNAL_GRACE_S:  # the wait it landed in; a stop request is read between waits
+            # The wait it landed in, unread: the main thread ran no handler for it from a grace before the thread saw it.
+            read = _read_at.get(int(received), -math.inf) >= at - SIGNAL_GRACE_S
+            if since < at and not read and now - at > SIGNAL_GRACE_S:
                 self.abort(active, f"{me}, and {received.name} arrived {now - at:.0f} s ago: ending the job")
         limit = timeout_s()
         if waited > limit:
@@ -335,25 +351,27 @@ def _forget_wakeup_fd() -> None:
 
 
 def announce_save(path: str, count: int) -> None:
-    """Rank 0 finished writing its ``count``-th save to ``path``: tell the other ranks (they may wait for it)."""
+    """This rank finished writing its ``count``-th save to ``path``: tell the other ranks (they may wait for it)."""
     if _watchdog is not None:
         _watchdog.send(("saved", path, count), range(_watchdog.size))
 
 
-def wait_for_save(path: str, count: int, what: str) -> None:
+def wait_for_save(path: str, count: int, what: str, ranks: Sequence[int] = (0,)) -> None:
     """
-    Wait until rank 0 has announced its ``count``-th save to ``path`` (see :func:`announce_save`), watched as a
-    collective with rank 0: ends the job if rank 0 left, waits elsewhere, or the timeout passes. Returns at once
-    without the watchdog (``SB3_PARALLEL_DQN_WATCHDOG=0``): nothing then tells this rank when the file is complete.
+    Wait until each of ``ranks`` (this one aside) has announced its ``count``-th save to ``path`` (see
+    :func:`announce_save`), watched as a collective with them: ends the job if one left, waits elsewhere, or the
+    timeout passes. Returns at once without the watchdog (``SB3_PARALLEL_DQN_WATCHDOG=0``): nothing then tells this
+    rank when the files are complete.
     """
     watchdog = _watchdog
     if watchdog is None:
         return
-    enter(what, (0, watchdog.rank))
+    others = [rank for rank in ranks if rank != watchdog.rank]
+    enter(what, tuple(sorted({*ranks, watchdog.rank})))
     try:
-        while watchdog.saves.get(path, 0) < count:
+        while any(watchdog.saves.get((path, rank), 0) < count for rank in others):
             if not watchdog.thread.is_alive():
-                raise RuntimeError(f"{what}: the collective watchdog has stopped, so nothing tells when rank 0 wrote it")
+                raise RuntimeError(f"{what}: the collective watchdog has stopped, so nothing tells when the files are written")
             time.sleep(0.002)
     finally:
         leave()

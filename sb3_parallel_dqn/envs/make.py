@@ -53,6 +53,7 @@ def make_parallel_vec_env(
     monitor_kwargs: dict[str, Any] | None = None,
     wrapper_kwargs: dict[str, Any] | None = None,
     replica: int | None = None,
+    model_parallel_size: int = 1,
 ) -> VecEnv:
     """
     SB3's ``make_vec_env`` for this rank's share of the job.
@@ -62,7 +63,7 @@ def make_parallel_vec_env(
     (``0.0.monitor.csv``, ``0.1.monitor.csv``, ``1.0.monitor.csv``, ...), so nothing collides across ranks. Apart
     from the monitor file names, one process gives exactly ``make_vec_env``'s envs: same seeds, observations and
     action samples. With model parallelism ``r`` counts replicas, not ranks: the ranks of a replica step identical
-    envs (see :mod:`~sb3_parallel_dqn.distributed.model_parallel`), and only the first of them writes monitor files.
+    envs (see :mod:`~sb3_parallel_dqn.engine.model_parallel`), and only the first of them writes monitor files.
 
     Every start method (``fork``, ``forkserver``, ``spawn``) works under ``mpirun``, as with SB3's own
     ``SubprocVecEnv``/``make_vec_env``: MPI is initialised (by ``comm.rank()``, below) before any worker starts,
@@ -81,6 +82,9 @@ def make_parallel_vec_env(
     :param vec_env_kwargs: keyword arguments for the ``VecEnv`` class, e.g. ``{"start_method": "spawn"}``
     :param replica: seed the envs as this replica's (default: this rank's), e.g. 0 for evaluation envs that every rank
         must see alike
+    :param model_parallel_size: the ``model_parallel_size`` of the model that will step these envs: its replicas, not
+        its ranks, count in the seeds (collective the first time a size > 1 is used in the process: call it on every
+        rank)
     The other parameters are those of ``stable_baselines3.common.env_util.make_vec_env``.
     """
     env_kwargs = env_kwargs or {}
@@ -88,7 +92,7 @@ def make_parallel_vec_env(
     monitor_kwargs = monitor_kwargs or {}
     wrapper_kwargs = wrapper_kwargs or {}
     comm.rank()  # under a launcher: MPI initialised (and its variables hidden) before any worker starts
-    grid = mesh.current()
+    grid = mesh.get(model_parallel_size)
     rank = grid.data_rank if replica is None else replica
     # Plain values only in the closure below: it is pickled to SubprocVecEnv workers, and the mesh holds communicators.
     writes_monitor = monitor_dir is not None and grid.model_rank == 0
@@ -127,10 +131,13 @@ def make_parallel_vec_env(
 
         return _init
 
-    vec_env = resolve_vec_env_cls(vec_env_cls, n_envs)([make_env(i) for i in range(n_envs)], **vec_env_kwargs)
+    vec_env_class = resolve_vec_env_cls(vec_env_cls, n_envs)
+    if issubclass(vec_env_class, ParallelSubprocVecEnv):
+        vec_env_kwargs = {"first_global_index": lockstep.global_env_index(n_envs, 0, rank), **vec_env_kwargs}
+    vec_env = vec_env_class([make_env(i) for i in range(n_envs)], **vec_env_kwargs)
     # VecEnv.seed(s) seeds env i with s + i at the next reset. Like make_vec_env, also call it without a seed: it
     # then draws one from numpy's global generator, and skipping that draw would change what follows it.
-    vec_env.seed(None if seed is None else lockstep.env_seed(seed, n_envs, replica=rank))
+    vec_env.seed(None if seed is None else lockstep.env_seed(seed, n_envs, 0, rank))
     return vec_env
 
 
@@ -140,6 +147,7 @@ def build_env(
     env_kwargs: dict[str, Any] | None,
     vec_env_cls: str | type[DummyVecEnv | SubprocVecEnv] | None,
     vec_env_kwargs: dict[str, Any] | None,
+    model_parallel_size: int = 1,
 ) -> VecEnv | str:
     """
     What ``ParallelDQN`` trains on when given an env id: ``n_envs`` envs of this rank from
@@ -148,6 +156,11 @@ def build_env(
     register_env_packages(env)  # SB3's gym.make of the id runs in this process
     if n_envs > 1 or vec_env_cls is not None or env_kwargs is not None:
         return make_parallel_vec_env(
-            env, n_envs=n_envs, env_kwargs=env_kwargs, vec_env_cls=vec_env_cls, vec_env_kwargs=vec_env_kwargs
+            env,
+            n_envs=n_envs,
+            env_kwargs=env_kwargs,
+            vec_env_cls=vec_env_cls,
+            vec_env_kwargs=vec_env_kwargs,
+            model_parallel_size=model_parallel_size,
         )
     return env

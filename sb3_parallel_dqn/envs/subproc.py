@@ -26,7 +26,7 @@ import gymnasium as gym
 from stable_baselines3.common.vec_env import SubprocVecEnv
 
 from sb3_parallel_dqn import compat
-from sb3_parallel_dqn.distributed import comm, lockstep
+from sb3_parallel_dqn.distributed import comm
 
 # How long to wait for a worker whose pipe broke to finish dying: the pipe breaks as the kernel tears the process
 # down, a moment before its exit code can be read.
@@ -217,16 +217,18 @@ class ParallelSubprocVecEnv(SubprocVecEnv):
     seconds). An exception in an env's own ``close()`` becomes a warning with its traceback. Workers ignore Ctrl-C
     (SIGINT; see :func:`_worker`).
 
-    The global env index assumes ``n_envs`` envs on every rank, as ``make_parallel_vec_env`` builds them.
-
     :param env_fns: Environments to run in subprocesses
     :param start_method: method used to start the subprocesses (``fork``, ``forkserver`` or ``spawn``); None picks
         ``forkserver`` where available, else ``spawn``, as SB3 does
+    :param first_global_index: the index in the whole job of the first env, for the messages
+        (``make_parallel_vec_env`` passes it; None: this rank's as one replica of ``len(env_fns)`` envs)
     """
 
     remotes: tuple[_WorkerConnection, ...]
 
-    def __init__(self, env_fns: list[Callable[[], gym.Env]], start_method: str | None = None) -> None:
+    def __init__(
+        self, env_fns: list[Callable[[], gym.Env]], start_method: str | None = None, first_global_index: int | None = None
+    ) -> None:
         # SB3 2.9's SubprocVecEnv.__init__ with this module's worker and wrapped connections; keep it diffable.
         # (It cannot be reused through super(): it looks up its own module's _worker.)
         self.waiting = False
@@ -236,6 +238,7 @@ class ParallelSubprocVecEnv(SubprocVecEnv):
         # Before starting any worker: under a launcher this initialises MPI, which takes the launcher's variables out
         # of the environment that the workers inherit.
         self.rank = comm.rank()
+        self.first_global_index = self.rank * len(env_fns) if first_global_index is None else first_global_index
 
         if start_method is None:
             # Fork is not a thread safe method (see issue #217)
@@ -310,7 +313,7 @@ class ParallelSubprocVecEnv(SubprocVecEnv):
             )
 
     def _worker_name(self, index: int) -> str:
-        global_index = lockstep.global_env_index(len(self.processes), index)
+        global_index = self.first_global_index + index
         return f"env worker {index} of rank {self.rank} (global env index {global_index}, pid {self.processes[index].pid})"
 
     def _worker_lost(self, index: int, error: BaseException) -> EnvWorkerError:
@@ -342,7 +345,7 @@ class ParallelSubprocVecEnv(SubprocVecEnv):
             message,
             index,
             self.rank,
-            lockstep.global_env_index(len(self.processes), index),
+            self.first_global_index + index,
             self.processes[index].pid,
             exitcode,
             worker_traceback,

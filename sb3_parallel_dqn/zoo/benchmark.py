@@ -66,12 +66,12 @@ def profile_gradient_steps(model: Any, n_steps: int) -> dict[str, float | None]:
         return {f"{part}_us": None for part in (*TIME_SPLIT_PARTS, "total")} | {"n_steps": 0}
     model.policy.set_training_mode(True)
     if isinstance(model, ParallelDQN):
-        timer = model._engine.timer = PartTimer()
+        timer = model._learner.timer = PartTimer()
         try:
             model.train(gradient_steps=n_steps, batch_size=model.batch_size)
         finally:
-            model._engine.timer = None
-        totals, synced = timer.seconds, model._engine.averager is not None
+            model._learner.timer = None
+        totals, synced = timer.seconds, model._learner.averager is not None
     else:
         totals, synced = _sb3_step_parts(model, n_steps), False
     split: dict[str, float | None] = {f"{part}_us": 1e6 * totals[part] / n_steps for part in TIME_SPLIT_PARTS}
@@ -218,7 +218,9 @@ def run_worker(args: argparse.Namespace) -> None:
             return time.perf_counter() - self.start - self.eval_seconds
 
     th.set_num_threads(args.torch_threads)  # 1: SB3's best setting on small nets (ParallelDQN sets it by itself)
-    env = make_train_env(args.env, settings, seed=args.seed)
+    env = make_train_env(
+        args.env, settings, seed=args.seed, model_parallel_size=int(model_kwargs.get("model_parallel_size", 1))
+    )
     algo = DQN if args.worker == "sb3" else ParallelDQN
     if algo is ParallelDQN:
         model_kwargs["torch_num_threads"] = args.torch_threads
@@ -231,7 +233,7 @@ def run_worker(args: argparse.Namespace) -> None:
     env.close()
 
     result: dict[str, Any] = {}
-    averager = getattr(getattr(model, "_engine", None), "averager", None)
+    averager = getattr(getattr(model, "_learner", None), "averager", None)
     if averager is not None:
         # Raw Allreduce of a buffer of the same size, same process, right after training (every rank takes part).
         result["raw_allreduce_ms"] = 1e3 * comm.time_allreduce(np.zeros(averager.n_floats, dtype=np.float32))

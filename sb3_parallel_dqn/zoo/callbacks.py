@@ -9,7 +9,7 @@ from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 
 from sb3_parallel_dqn.callbacks import ParallelEvalCallback
 from sb3_parallel_dqn.checkpoints import ParallelCheckpointCallback, save_vecnormalize, vecnormalize_path
-from sb3_parallel_dqn.distributed import comm, lockstep
+from sb3_parallel_dqn.distributed import comm, lockstep, mesh
 from sb3_parallel_dqn.zoo.envs import EnvSettings, make_callbacks, make_eval_env
 
 # Evaluation envs are seeded far away from the training seeds (seed + rank * n_envs + i).
@@ -48,6 +48,7 @@ def make_run_callbacks(
     eval_episodes: int,
     verbose: int,
     everywhere: bool = False,
+    model_parallel_size: int = 1,
 ) -> list[BaseCallback]:
     """
     As the zoo: the config's own callbacks, checkpoints every ``save_freq`` global steps (every rank writes its share),
@@ -75,7 +76,7 @@ def make_run_callbacks(
             (ParallelEvalCallback if everywhere else EvalCallback)(
                 make_eval_env(env_id, settings, seed=eval_seed),
                 # EvalCallback counts this rank's env.step() calls
-                eval_freq=lockstep.calls_per(eval_freq, settings.n_envs),
+                eval_freq=lockstep.calls_per(eval_freq, settings.n_envs, mesh.get(model_parallel_size)),
                 n_eval_episodes=eval_episodes,
                 best_model_save_path=str(run_dir),
                 log_path=str(run_dir) if comm.is_root() else None,

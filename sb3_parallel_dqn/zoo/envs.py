@@ -363,6 +363,7 @@ def make_train_env(
     *,
     vecnormalize_path: str | os.PathLike[str] | None = None,
     vec_env_kwargs: dict[str, Any] | None = None,
+    model_parallel_size: int = 1,
 ) -> VecEnv:
     """
     This rank's training envs: ``settings.n_envs`` of them, rank-offset seeds and monitor files, wrapped as the zoo
@@ -380,6 +381,7 @@ def make_train_env(
         an earlier run), loaded if the file exists (see :func:`wrap_vec_env`); None starts fresh ones when the entry
         asks for ``normalize``
     :param vec_env_kwargs: keyword arguments of the ``VecEnv`` class, e.g. ``{"start_method": "spawn"}``
+    :param model_parallel_size: the model's (its replicas count in the seeds, see ``make_parallel_vec_env``)
     :return: the wrapped envs
     """
     env = make_parallel_vec_env(
@@ -391,6 +393,7 @@ def make_train_env(
         env_kwargs=settings.env_kwargs,
         vec_env_cls=settings.vec_env,
         vec_env_kwargs=vec_env_kwargs,
+        model_parallel_size=model_parallel_size,
     )
     return wrap_vec_env(env, settings, vecnormalize_path=vecnormalize_path)
 

@@ -280,7 +280,7 @@ def train(args: argparse.Namespace) -> int:
         return 2
     settings, world_size = setup.settings, comm.world_size()
     # The mesh before the envs, whose seeds count replicas; with model parallelism, one seed for the job.
-    args.seed = mesh.setup(setup.model_parallel_size).seed_of_the_job(args.seed)
+    args.seed = mesh.get(setup.model_parallel_size).seed_of_the_job(args.seed)
     try:
         shards = resumable_shards(args.trained_agent, world_size) if args.trained_agent else []
         if shards and "replay_buffer_class" in setup.model_kwargs:  # before the run folder (issue 23, item 3)
@@ -300,7 +300,14 @@ def train(args: argparse.Namespace) -> int:
         print(f"Training {args.env} on {world_size} process(es), config {source}, saving to {run_dir}")
 
     vecnormalize_stats = vecnormalize_path(args.trained_agent, args.env) if args.trained_agent else None
-    env = make_train_env(args.env, settings, seed=args.seed, monitor_dir=str(run_dir), vecnormalize_path=vecnormalize_stats)
+    env = make_train_env(
+        args.env,
+        settings,
+        seed=args.seed,
+        monitor_dir=str(run_dir),
+        vecnormalize_path=vecnormalize_stats,
+        model_parallel_size=setup.model_parallel_size,
+    )
     try:
         try:
             model, remaining = build_model(args, setup, env, shards)
@@ -317,6 +324,7 @@ def train(args: argparse.Namespace) -> int:
             eval_episodes=args.eval_episodes,
             verbose=args.verbose,
             everywhere=setup.sharded,
+            model_parallel_size=setup.model_parallel_size,
         )
         learn_kwargs: dict[str, Any] = {} if args.log_interval < 0 else {"log_interval": args.log_interval}
         # SIGTERM/SIGINT on any rank: every rank stops after the same rollout, then writes a checkpoint below.

@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any
 
 from sb3_parallel_dqn.callbacks import GlobalProgressBarCallback
 from sb3_parallel_dqn.checkpoints import save_vecnormalize
-from sb3_parallel_dqn.distributed import comm, lockstep
+from sb3_parallel_dqn.distributed import comm, lockstep, mesh
 from sb3_parallel_dqn.distributed.devices import set_torch_threads
 from sb3_parallel_dqn.envs import make_parallel_vec_env, register_env_packages
 from sb3_parallel_dqn.parallel_dqn import ParallelDQN
@@ -163,7 +163,7 @@ class _ParallelExperimentManager(_ManagerBase):
         # take this rank's share first to keep them global, like -n. Only rank 0 evaluates and saves checkpoints.
         for name in ("eval_freq", "save_freq"):
             freq = getattr(self, name)
-            setattr(self, name, lockstep.per_rank(freq) if freq > 0 and self._rank == 0 else -1)
+            setattr(self, name, lockstep.per_rank(freq, mesh.get(1)) if freq > 0 and self._rank == 0 else -1)
 
     def setup_experiment(self) -> tuple[BaseAlgorithm, dict[str, Any]] | None:
         result = super().setup_experiment()

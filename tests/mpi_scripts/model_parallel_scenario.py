@@ -25,7 +25,8 @@ from stable_baselines3 import DQN
 from stable_baselines3.common.logger import configure
 
 from sb3_parallel_dqn import ParallelDQN
-from sb3_parallel_dqn.distributed import comm, mesh, model_parallel
+from sb3_parallel_dqn.distributed import comm, mesh
+from sb3_parallel_dqn.engine import model_parallel
 
 # isort: split
 import tensor_parallel_exactness
@@ -47,14 +48,13 @@ def fill(model: ParallelDQN, seed: int, n: int = 2_000) -> None:
 
 def trained(model_parallel_size: int, data_seed: int, n_updates: int = 300, **kwargs) -> dict[str, th.Tensor]:
     """The whole weights after ``n_updates`` gradient steps on fixed data (batches drawn from np.random, seeded)."""
-    mesh.setup(model_parallel_size)
     model = ParallelDQN("MlpPolicy", "CartPole-v1", learning_rate=1e-3, batch_size=64, policy_kwargs=NET, seed=3,
                         model_parallel_size=model_parallel_size, **kwargs)  # fmt: skip
     model.set_logger(configure(None, []))
     fill(model, data_seed)
     np.random.seed(5)
     model.train(gradient_steps=n_updates, batch_size=64)
-    with model_parallel.whole_model(model):
+    with model_parallel.whole_model(model, model._learner, model._mesh, model.shard_optimizer):
         return {name: tensor.detach().clone() for name, tensor in model.policy.state_dict().items()}
 
 
@@ -78,7 +78,7 @@ if __name__ == "__main__":
         print(f"rank {RANK} SECTION {name} DONE", flush=True)
 
     # 1. exactness: every rank in one model group
-    grid = mesh.setup(WORLD)
+    grid = mesh.get(WORLD)
     for case in tensor_parallel_exactness.CASES:
         for dtype in (th.float64, th.float32):
             tensor_parallel_exactness.check(case, dtype, grid)

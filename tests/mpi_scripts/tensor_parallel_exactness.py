@@ -85,7 +85,7 @@ def check(name: str, dtype: th.dtype, grid: mesh.Mesh) -> None:
 
 
 if __name__ == "__main__":
-    grid = mesh.setup(comm.world_size())  # all ranks: one model group
+    grid = mesh.get(comm.world_size())  # all ranks: one model group
     for case in CASES:
         for dtype in (th.float64, th.float32):
             check(case, dtype, grid)

@@ -45,7 +45,7 @@ def run(out_dir: Path, start_method: str, n_steps: int = 1) -> None:
         "num_timesteps": model.num_timesteps,
         "n_updates": model._n_updates,
         "local_episode_rewards": [float(ep["r"]) for ep in model.ep_info_buffer],
-        "global_episode_means": model._global_episode_means,
+        "global_episode_means": model._collector.episode_means,
         "env_seeds": env_seeds,
         "buffer": type(model.replay_buffer).__name__,
     }

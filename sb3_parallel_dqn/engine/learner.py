@@ -1,11 +1,10 @@
 """
-:class:`TrainingEngine`: the speed paths of ``ParallelDQN`` behind one small object.
+:class:`Learner`: the learning role of ``ParallelDQN`` -- sampling, targets, the TD loss, the update and the sync --
+on the speed paths.
 
 Each path makes the same float operations, and the same random draws, as the SB3 code it stands for, so that one
 process stays bit-identical to SB3's ``DQN`` (``tests/test_equivalence.py``):
 
-- acting: SB3's epsilon-greedy choice on the lean Q-network forward, with the mode switch once per rollout instead
-  of once per step (:func:`~sb3_parallel_dqn.engine.q_forward.q_forward`);
 - sampling: all the uniform batches of a ``train()`` call drawn and gathered at once
   (:func:`~sb3_parallel_dqn.engine.sampling.sample_batches`); a prioritized buffer is sampled step by step instead,
   since each step's new priorities weigh the next draw, with the importance weights normalised over all ranks;
@@ -14,11 +13,17 @@ process stays bit-identical to SB3's ``DQN`` (``tests/test_equivalence.py``):
   (:class:`~sb3_parallel_dqn.engine.mlp_gradients.MlpTDGradients`);
 - the update: gradients, parameters and Adam's moments on flat buffers
   (:class:`~sb3_parallel_dqn.engine.flat_update.FlatUpdate`), the gradient ``Allreduce`` reading the gradient buffer
-  in place (:class:`~sb3_parallel_dqn.distributed.gradients.GradientAverager`).
+  in place (:class:`~sb3_parallel_dqn.distributed.gradients.GradientAverager`), or the sharded optimizer
+  (:class:`~sb3_parallel_dqn.distributed.sharded_optimizer.ShardedAdam`).
+
+The model's ``train()`` reads as SB3's ``DQN.train()``: :meth:`Learner.updates` around the gradient steps, each of
+them :meth:`~Learner.sample`, :meth:`~Learner.gradients`, :meth:`~Learner.clip_grad_norm_` and :meth:`~Learner.step`.
+The collecting side is :class:`~sb3_parallel_dqn.engine.collector.Collector`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -28,14 +33,16 @@ import torch as th
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 
 from sb3_parallel_dqn import compat
-from sb3_parallel_dqn.distributed import comm, model_parallel
+from sb3_parallel_dqn.distributed import comm
 from sb3_parallel_dqn.distributed.gradients import GradientAverager
+from sb3_parallel_dqn.distributed.mesh import Mesh
 from sb3_parallel_dqn.distributed.sharded_optimizer import ShardedAdam
+from sb3_parallel_dqn.engine import model_parallel
 from sb3_parallel_dqn.engine.flat_update import FlatUpdate
 from sb3_parallel_dqn.engine.mlp_gradients import MlpTDGradients, mlp_td_gradients
 from sb3_parallel_dqn.engine.q_forward import QForward, q_forward
 from sb3_parallel_dqn.engine.sampling import sample_batches
-from sb3_parallel_dqn.losses import td_loss, td_target
+from sb3_parallel_dqn.losses import check_finite, td_loss, td_target
 from sb3_parallel_dqn.prioritized_replay import PrioritizedReplayBuffer
 
 if TYPE_CHECKING:
@@ -60,23 +67,23 @@ class PartTimer:
         self._last = now
 
 
-class TrainingEngine:
+class Learner:
     """
-    The speed paths of one ``ParallelDQN`` model (see the module docstring). The model calls :meth:`start_rollout`
-    before each rollout and, for each ``train()``: :meth:`start_updates`, then per gradient step :meth:`sample`,
-    :meth:`gradients`, :meth:`clip_grad_norm_` and :meth:`step`, and :meth:`end_updates`. It rebuilds its flat buffers
-    whenever ``load`` or ``set_parameters`` replaced the network or the optimizer.
+    The learning role of one ``ParallelDQN`` model (see the module docstring). Per ``train()``: :meth:`updates`
+    around the gradient steps, each of them :meth:`sample`, :meth:`gradients`, :meth:`clip_grad_norm_` and
+    :meth:`step`. It rebuilds its flat buffers whenever ``load`` or ``set_parameters`` replaced the network or the
+    optimizer.
 
     :param model: the model
+    :param grid: the model's mesh
     """
 
-    def __init__(self, model: DQN) -> None:
-        self.model = model
+    def __init__(self, model: DQN, grid: Mesh) -> None:
+        self.model, self.grid = model, grid
         # FlatUpdate, or ShardedAdam with shard_optimizer (which then also does the reduction over the data group).
         self.update: FlatUpdate | ShardedAdam | None = None
         # Averages the gradients over ranks, in the flat gradient buffer; None with one process.
         self.averager: GradientAverager | None = None
-        self.acting_q: QForward = lambda obs: model.q_net(obs)
         self.online_q: QForward = lambda obs: model.q_net(obs)
         self.target_q: QForward = lambda obs: model.q_net_target(obs)
         # The hand-written backward of an MLP Q-network (FlatUpdate only); None: autograd's.
@@ -84,37 +91,17 @@ class TrainingEngine:
         self.timer: PartTimer | None = None
         self._batches: Iterator[ReplayBufferSamples] | None = None
         self._sampled_leaves: np.ndarray | None = None
+        self.updates_made = 0  # the model's gradient steps, counting those of the current train() call
 
-    # --- acting ---------------------------------------------------------------------------------------------------
-
-    def start_rollout(self) -> None:
-        """Evaluation mode for action selection (dropout, batch norm), once per rollout: train() switches back."""
-        self.model.policy.set_training_mode(False)
-        self.acting_q = q_forward(self.model.q_net)
-
-    def greedy_or_random(self, n_envs: int) -> np.ndarray | None:
-        """
-        SB3's epsilon-greedy action choice after ``learning_starts`` (``DQN.predict(deterministic=False)``), without
-        the generic ``policy.predict`` around the Q-network forward: that wrapper (mode switch over every module,
-        observation checks and reshapes) cost about 0.2 ms per env step, several times the CartPole step itself.
-        Same random draws in the same order, same forward, so the same actions as SB3. Returns None where SB3's
-        path is needed: before ``learning_starts`` and for observations other than one array of the space's shape
-        (dicts, un-transposed images).
-        """
-        model = self.model
-        observation = compat.last_observation(model)
-        if (
-            model.num_timesteps < model.learning_starts
-            or not isinstance(observation, np.ndarray)
-            or observation.shape[1:] != model.observation_space.shape
-        ):
-            return None
-        if np.random.rand() < model.exploration_rate:
-            return np.array([model.action_space.sample() for _ in range(n_envs)])
-        with th.no_grad():
-            # QNetwork._predict(observation, deterministic=True), with the lean forward
-            q_values = self.acting_q(th.as_tensor(observation, device=model.device))
-        return q_values.argmax(dim=1).cpu().numpy().reshape(-1)
+    @contextlib.contextmanager
+    def updates(self, gradient_steps: int, batch_size: int) -> Iterator[Learner]:
+        """Around the gradient steps of one ``train()`` call: forwards, flat buffers and batches before them, the
+        flat buffers let go after them (also when one raised)."""
+        self.start_updates(gradient_steps, batch_size)
+        try:
+            yield self
+        finally:
+            self.end_updates()
 
     # --- gradient steps -------------------------------------------------------------------------------------------
 
@@ -124,6 +111,7 @@ class TrainingEngine:
         self.online_q = q_forward(model.q_net)
         self.target_q = q_forward(model.q_net_target)
         self.prepare_update()
+        self.updates_made = compat.n_updates(model)
         update = self.update
         self.mlp_gradients = (
             mlp_td_gradients(model.q_net, update.parameters, update.grads) if isinstance(update, FlatUpdate) else None
@@ -193,16 +181,27 @@ class TrainingEngine:
         assert self.update is not None
         return self.update.clip_grad_norm_(max_norm)
 
-    def step(self, td_errors: th.Tensor | None) -> None:
-        """The optimizer step; with prioritized replay, the sampled transitions' new priorities too."""
+    def step(self, loss: float, grad_norm: th.Tensor, td_errors: th.Tensor | None) -> None:
+        """
+        The optimizer step, once the loss and the (clipped, averaged) gradients' norm are checked finite (a
+        :class:`~sb3_parallel_dqn.losses.NonFiniteError` on every rank otherwise: they all hold the same averages);
+        with prioritized replay, the sampled transitions' new priorities too; every ``sync_check_interval`` updates,
+        a check that the ranks still hold the same weights.
+        """
         assert self.update is not None
+        model = self.model
+        self.updates_made += 1
+        check_finite(loss, grad_norm, self.updates_made, model.num_timesteps)
         self.update.step()
         if self._sampled_leaves is not None and td_errors is not None:
-            buffer = self.model.replay_buffer
+            buffer = model.replay_buffer
             assert isinstance(buffer, PrioritizedReplayBuffer)
             buffer.update_priorities(self._sampled_leaves, td_errors.cpu().numpy())
             self._sampled_leaves = None
         self._mark("optimizer")
+        interval = getattr(model, "sync_check_interval", 0)
+        if comm.world_size() > 1 and interval > 0 and self.updates_made % interval == 0:
+            model_parallel.check_shards_synced(model.policy, self.updates_made, self.grid)
 
     def end_updates(self) -> None:
         """After the gradient steps of one ``train()`` call (also when one raised)."""
@@ -222,7 +221,7 @@ class TrainingEngine:
         whole Adam moments loaded since the last update to this rank's shard (and block). Local: no collective.
         """
         model = self.model
-        update, grid = self.update, model._mesh  # type: ignore[attr-defined]
+        update, grid = self.update, self.grid
         if grid.model_parallel_size > 1:
             model_parallel.cut_whole_optimizer_state(model.policy)  # whole moments from a model file, into shards
         parameters = [p for p in model.q_net.parameters() if p.requires_grad]

@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from stable_baselines3 import DQN
     from stable_baselines3.dqn.policies import DQNPolicy
 
+    from sb3_parallel_dqn.engine.learner import Learner
+
 
 def shard_policy(policy: DQNPolicy, grid: mesh.Mesh) -> None:
     """Split the online and the target Q-network over ``grid``; rebuild the optimizer over the shards."""
@@ -96,12 +98,11 @@ def check_shards_synced(policy: DQNPolicy, n_updates: int, grid: mesh.Mesh) -> N
     check_synced(policy, n_updates, shards, grid.model_rank)
 
 
-def check_identical_observations(model: DQN) -> None:
+def check_identical_observations(model: DQN, grid: mesh.Mesh) -> None:
     """
     Refuse, on every rank of the job, envs that differ within a model group: the shards of a replica must see the
     same observations (see the module docstring). One small ``Allgather``; nothing without model parallelism.
     """
-    grid: mesh.Mesh = model._mesh  # type: ignore[attr-defined]
     if grid.model_parallel_size == 1:
         return
     observation = compat.last_observation(model)
@@ -120,23 +121,23 @@ def check_identical_observations(model: DQN) -> None:
 
 
 @contextlib.contextmanager
-def whole_model(model: DQN) -> Iterator[None]:
+def whole_model(model: DQN, learner: Learner, grid: mesh.Mesh, shard_optimizer: bool) -> Iterator[None]:
     """
     Within the block, ``model.policy`` is the whole network with the whole optimizer state, as one process would hold
     it (for saving a file that any mesh, and stock SB3, can load). **Collective** when the model is split or its
     optimizer sharded (the shards are gathered over the model group, the moments over the data group); otherwise it
     does nothing.
     """
-    grid: mesh.Mesh = model._mesh  # type: ignore[attr-defined]
-    if grid.model_parallel_size == 1 and not getattr(model, "shard_optimizer", False):
+    if grid.model_parallel_size == 1 and not shard_optimizer:
         yield
         return
     # A file loaded since the last update holds whole moments: cut them to this rank's shard and block first, or
     # they would be gathered as if they were shards.
-    model._engine.prepare_update()  # type: ignore[attr-defined]
-    update = model._engine.update  # type: ignore[attr-defined]
+    learner.prepare_update()
+    update = learner.update
+    assert update is not None
     sharded_optimizer = isinstance(update, ShardedAdam)
-    if sharded_optimizer:
+    if isinstance(update, ShardedAdam):
         update.whole_state()  # whole moments of this rank's shards, in the optimizer's state
     policy = model.policy
     try:
@@ -183,12 +184,12 @@ def _gathered_policy(model: DQN, grid: mesh.Mesh) -> DQNPolicy:
     return whole
 
 
-def memory_report(model: DQN) -> dict[str, int]:
+def memory_report(model: DQN, learner: Learner) -> dict[str, int]:
     """Bytes held by this rank: parameters (online and target network), gradients, optimizer state, replay buffer."""
-    engine = model._engine  # type: ignore[attr-defined]
-    if engine.update is None:
-        engine.prepare_update()  # the flat buffers are made at the first train(): make them now
-    update = engine.update
+    if learner.update is None:
+        learner.prepare_update()  # the flat buffers are made at the first train(): make them now
+    update = learner.update
+    assert update is not None
     parameters = sum(p.numel() * p.element_size() for p in model.policy.parameters())
     if isinstance(update, ShardedAdam):
         optimizer = update.optimizer_bytes()
