@@ -1,5 +1,5 @@
 SHELL=/bin/bash
-LINT_PATHS=sb3_parallel_dqn/ tests/ scripts/
+LINT_PATHS=sb3_parallel_dqn/ tests/ scripts/ docs/
 
 pytest:
 	python -m pytest -m "not slow"

@@ -1,6 +1,6 @@
 """
 Scale-out (issue 16): the data-parallel properties at W = 4 and 8 ranks (oversubscribed here: correctness only, small
-budgets), resuming into another world size, a fault on one rank of 8, and the hostfile launch of docs/CLUSTER.md.
+budgets), resuming into another world size, a fault on one rank of 8, and the hostfile launch of the docs' clusters page.
 """
 
 import itertools
@@ -151,15 +151,15 @@ def test_an_exception_on_one_rank_of_8_ends_the_job(tmp_path):
 
 
 def documented_hostfile_command() -> list[str]:
-    """The hostfile launch of docs/CLUSTER.md, as written there."""
-    text = (REPO_DIR / "docs" / "CLUSTER.md").read_text()
-    match = re.search(r"^mpirun -f hostfile .*$", text, re.MULTILINE)
-    assert match, "docs/CLUSTER.md has no 'mpirun -f hostfile ...' command"
-    return shlex.split(match.group(0))
+    """The hostfile launch of docs/guide/clusters.rst, as written there (in a code block: indented)."""
+    text = (REPO_DIR / "docs" / "guide" / "clusters.rst").read_text()
+    match = re.search(r"^\s*(mpirun -f hostfile .*)$", text, re.MULTILINE)
+    assert match, "docs/guide/clusters.rst has no 'mpirun -f hostfile ...' command"
+    return shlex.split(match.group(1))
 
 
 def test_the_documented_hostfile_launch_runs_here(tmp_path):
-    """docs/CLUSTER.md's MPICH/Hydra command with a hostfile that names this machine (localhost:2)."""
+    """docs/guide/clusters.rst's MPICH/Hydra command with a hostfile that names this machine (localhost:2)."""
     (tmp_path / "hostfile").write_text("localhost:2\n")
     command = documented_hostfile_command()
     # this environment's mpirun and python; the rest (options, script, arguments) exactly as documented

@@ -11,7 +11,7 @@ microseconds per update and per ``Allreduce``, and the state.
 Run from the repository root::
 
     mpirun -np 2 python docs/benchmarks/watchdog/ab_watchdog.py >> docs/benchmarks/watchdog/results.jsonl
-    python docs/benchmarks/watchdog/table.py  # the table in docs/BENCHMARKS.md
+    python docs/benchmarks/build_tables.py  # the tables of the docs, this one in _generated/watchdog.rst
 """
 
 import json
