@@ -11,7 +11,7 @@ wall-clock time and costly in sample efficiency. With ``kappa = D / D0``, :func:
   global batch grows ``kappa`` times and the sequential updates per env step shrink only ``sqrt(kappa)`` times. The
   learning rate follows the square-root rule for a ``kappa`` times larger batch under Adam (Malladi et al. 2022,
   https://arxiv.org/abs/2205.10287; Krizhevsky 2014, https://arxiv.org/abs/1404.5997). Measured from 2 to 8 ranks
-  (docs/BENCHMARKS.md, "Scale-out"): steps to a stable solve 1.25x (CartPole) and 1.5x (Acrobot) those at 2 ranks,
+  (docs/benchmarks/scaling.rst): steps to a stable solve 1.25x (CartPole) and 1.5x (Acrobot) those at 2 ranks,
   where ``none`` needs 2.25x or stops solving. The learning rate alone did not hold them: the extra updates are
   needed;
 - ``"strong"``: strong scaling, the tuned global batch split over the ranks (``batch_size * D0 / D`` per rank) and the
