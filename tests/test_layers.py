@@ -90,6 +90,23 @@ def test_only_distributed_talks_mpi(name):
         assert imported.split(".")[0] != "mpi4py", f"{name} (line {line}) imports mpi4py: go through distributed/"
 
 
+# The MPI layer: what it may import of the package (itself, and compat.py for the torch privates it needs).
+MPI_LAYER_MAY_IMPORT = ("sb3_parallel_dqn.distributed", "sb3_parallel_dqn.compat")
+
+
+@pytest.mark.parametrize("name", sorted(name for name in MODULES if name.startswith("sb3_parallel_dqn.distributed")))
+def test_the_mpi_layer_knows_no_algorithm(name):
+    """distributed/ imports nothing of the algorithm (lazy imports count) and takes no model: every function gets
+    plain values, tensors, modules or optimizers, never a ``model`` whose attributes it could read or write."""
+    for line, imported in imports(MODULES[name]):
+        if imported.startswith("sb3_parallel_dqn.") and imported in MODULES:  # `from sb3_parallel_dqn import x`: x
+            assert imported.startswith(MPI_LAYER_MAY_IMPORT), f"{name} (line {line}) imports {imported}"
+    for node in ast.walk(ast.parse(MODULES[name].read_text())):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            arguments = [argument.arg for argument in node.args.args + node.args.kwonlyargs]
+            assert "model" not in arguments, f"{name}.{node.name} (line {node.lineno}) takes a model"
+
+
 def private_uses(path: Path) -> list[str]:
     """``from stable_baselines3/torch... import _name``, ``import x._y``, and ``alias._name`` of an SB3/torch module."""
     tree = ast.parse(path.read_text())
