@@ -100,7 +100,8 @@ MODULE_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", 
 N_STEPS_IGNORED_WARNING = Internal(
     "stable_baselines3.dqn.dqn:DQN._setup_model",
     "the text of the warning that _setup_model gives when n_steps > 1 and a custom replay_buffer_class is set "
-    "('`n_steps=N` is ignored because a custom `replay_buffer_class`'), wrong when replay_buffer_kwargs carry n_steps",
+    "('`n_steps=N` is ignored because a custom `replay_buffer_class`'), wrong when replay_buffer_kwargs carry n_steps; "
+    "SB3 2.8 ignores n_steps there without a warning, so silencing it is a no-op",
 )
 N_STEPS_IGNORED_MESSAGE = r"`n_steps=\d+` is ignored because a custom `replay_buffer_class`"
 OBSERVATION_GATHERS = Internal(

@@ -11,6 +11,7 @@ import warnings
 import gymnasium as gym
 import numpy as np
 import pytest
+import stable_baselines3
 import torch as th
 from gymnasium import spaces
 from stable_baselines3 import DQN
@@ -118,9 +119,11 @@ def test_the_n_steps_warning_is_recognised_and_silenced():
         return [str(w.message) for w in caught]
 
     messages = build()
-    assert any(re.search(compat.N_STEPS_IGNORED_MESSAGE, m) for m in messages), broken(
-        compat.N_STEPS_IGNORED_WARNING, f"no longer warns with that text: {messages}"
-    )
+    # SB3 2.8 ignores n_steps with a custom buffer class silently (nothing to silence); 2.9 warns with this text.
+    if any("n_steps" in m for m in messages) or not stable_baselines3.__version__.startswith("2.8."):
+        assert any(re.search(compat.N_STEPS_IGNORED_MESSAGE, m) for m in messages), broken(
+            compat.N_STEPS_IGNORED_WARNING, f"no longer warns with that text: {messages}"
+        )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with compat.n_steps_warning_silenced(NStepReplayBuffer, {"n_steps": 3}, 3):

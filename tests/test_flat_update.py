@@ -165,3 +165,54 @@ def test_adam_over_one_flat_tensor_is_adam_over_the_tensors(kwargs):
         ref_optimizer.step()
         flat_optimizer.step()
     assert th.equal(th.cat([p.detach().reshape(-1) for p in reference]), flat)
+
+
+def _filled_buffer(n_envs: int, optimize_memory_usage: bool, full: bool, n_steps: int = 1) -> ReplayBuffer:
+    observation_space = spaces.Box(-1, 1, (3,), dtype=np.float32)
+    kwargs = {"n_steps": n_steps, "gamma": 0.9} if n_steps > 1 else {}
+    buffer = (NStepReplayBuffer if n_steps > 1 else ReplayBuffer)(
+        50,
+        observation_space,
+        spaces.Discrete(4),
+        n_envs=n_envs,
+        optimize_memory_usage=optimize_memory_usage,
+        handle_timeout_termination=not optimize_memory_usage,  # SB3 refuses both together
+        **kwargs,
+    )
+    rng = np.random.default_rng(0)
+    for _ in range(80 if full else 12):  # SB3 keeps 50 // n_envs transitions per env
+        obs = rng.random((n_envs, 3), dtype=np.float32)
+        buffer.add(
+            obs,
+            obs + 1,
+            rng.integers(0, 4, size=(n_envs, 1)),
+            rng.random(n_envs, dtype=np.float32),
+            rng.random(n_envs) < 0.2,
+            [{"TimeLimit.truncated": bool(flag)} for flag in rng.random(n_envs) < 0.3],
+        )
+    assert buffer.full == full
+    return buffer
+
+
+@pytest.mark.parametrize("n_envs", [1, 3])
+@pytest.mark.parametrize(("optimize_memory_usage", "n_steps"), [(False, 1), (True, 1), (False, 3)])
+@pytest.mark.parametrize("full", [False, True])
+@pytest.mark.parametrize("max_gather_bytes", [None, 1])
+def test_sample_batches_are_sb3_samples(n_envs, optimize_memory_usage, n_steps, full, max_gather_bytes, monkeypatch):
+    if max_gather_bytes is not None:  # one gather per step instead of one for all
+        monkeypatch.setattr("sb3_parallel_dqn.engine.sampling.MAX_GATHER_BYTES", max_gather_bytes)
+    buffer = _filled_buffer(n_envs, optimize_memory_usage, full, n_steps)
+    np.random.seed(7)
+    expected = [buffer.sample(16) for _ in range(5)]
+    expected_next_draw = np.random.randint(1 << 30)
+    np.random.seed(7)
+    batches = list(sample_batches(buffer, 5, 16))
+    assert np.random.randint(1 << 30) == expected_next_draw  # same generator state afterwards
+    assert len(batches) == 5
+    for ours, theirs in zip(batches, expected, strict=True):
+        assert (ours.discounts is None) == (theirs.discounts is None) == (n_steps == 1)
+        for a, b in zip(ours, theirs, strict=True):
+            if b is None:
+                continue
+            assert a.dtype == b.dtype and a.shape == b.shape
+            assert th.equal(a, b)

@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch as th
-
 from torch.nn.utils import clip_grads_with_norm_
 
 from sb3_parallel_dqn.distributed import comm

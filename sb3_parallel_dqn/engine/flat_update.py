@@ -135,7 +135,7 @@ class FlatUpdate:
                 optimizer, self.param_buffer, self._flat_grad, self.exp_avg_buffer, self.exp_avg_sq_buffer, self.step_count
             )
         # What clip_grads_with_norm_ scales: the flat gradient buffer at once (the flat parameter's .grad), or the views.
-        self._clipped: list[th.Tensor] = [self.param_buffer] if self.flat_adam else self.parameters
+        self._clipped: list[th.Tensor] = [self.param_buffer] if self.flat_adam else list(self.parameters)
         self.attach()
 
     def attach(self) -> None:
