@@ -1,6 +1,7 @@
 """The flat-buffer update and the up-front replay sampling are SB3's update and sampling, bit for bit."""
 
 import copy
+import inspect
 
 import numpy as np
 import pytest
@@ -10,6 +11,9 @@ from stable_baselines3.common.buffers import NStepReplayBuffer, ReplayBuffer
 
 from sb3_parallel_dqn.engine.flat_update import FlatUpdate, flat_adam_supported
 from sb3_parallel_dqn.engine.sampling import sample_batches
+
+# Adam's decoupled_weight_decay (AdamW's update), from torch 2.7 on.
+DECOUPLED = {"decoupled_weight_decay": True} if "decoupled_weight_decay" in inspect.signature(th.optim.Adam).parameters else {}
 
 
 def _net() -> th.nn.Module:
@@ -43,7 +47,7 @@ def _assert_same_state(reference: tuple[th.nn.Module, th.optim.Optimizer], ours:
         (th.optim.Adam, {"lr": 2.3e-3}, True),
         (th.optim.Adam, {"lr": 1e-3, "eps": 1e-5, "weight_decay": 1e-4}, True),
         (th.optim.Adam, {"lr": 1e-3, "foreach": True}, True),  # torch's foreach Adam over one flat tensor
-        (th.optim.Adam, {"lr": 1e-3, "maximize": True, "weight_decay": 1e-2, "decoupled_weight_decay": True}, True),
+        (th.optim.Adam, {"lr": 1e-3, "maximize": True, "weight_decay": 1e-2, **DECOUPLED}, True),
         (th.optim.Adam, {"lr": 1e-3, "fused": True}, False),
         (th.optim.Adam, {"lr": 1e-3, "amsgrad": True}, False),  # not on the flat path: optimizer.step()
         (th.optim.RMSprop, {"lr": 1e-3}, False),
