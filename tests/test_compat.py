@@ -11,6 +11,7 @@ import warnings
 import gymnasium as gym
 import numpy as np
 import pytest
+import stable_baselines3
 import torch as th
 from gymnasium import spaces
 from stable_baselines3 import DQN
@@ -97,82 +98,6 @@ def test_observations_are_reached_only_as_frame_replay_expects(buffer_class):
     assert keys and set(keys) <= allowed, broken(compat.OBSERVATION_GATHERS, f"indexes observations as {set(keys)}")
 
 
-def test_foreach_norm_is_clip_grad_norms_per_tensor_norm():
-    tensors = [th.randn(5, 3), th.randn(7)]
-    expected = [th.linalg.vector_norm(t, 2.0) for t in tensors]
-    assert all(th.equal(a, b) for a, b in zip(compat.foreach_norm(tensors, 2.0), expected, strict=True)), broken(
-        compat.FOREACH_NORM, "norms differ"
-    )
-
-
-def test_functional_adam_is_adams_step_bit_for_bit():
-    th.manual_seed(0)
-    params = [nn.Parameter(th.randn(4, 3)), nn.Parameter(th.randn(3))]
-    reference = [nn.Parameter(p.detach().clone()) for p in params]
-    optimizer = th.optim.Adam(reference, lr=1e-2)
-    group = optimizer.param_groups[0]
-    exp_avgs, exp_avg_sqs = [th.zeros_like(p) for p in params], [th.zeros_like(p) for p in params]
-    steps = [th.tensor(0.0), th.tensor(0.0)]
-    for _ in range(3):
-        grads = [th.randn_like(p) for p in params]
-        for p, g in zip(reference, grads, strict=True):
-            p.grad = g.clone()
-        optimizer.step()
-        with th.no_grad():
-            compat.functional_adam(
-                list(params), grads, exp_avgs, exp_avg_sqs, [], steps, foreach=False, fused=False, amsgrad=False,
-                beta1=group["betas"][0], beta2=group["betas"][1], lr=group["lr"], weight_decay=group["weight_decay"],
-                eps=group["eps"], maximize=group["maximize"],
-            )  # fmt: skip
-    for ours, theirs in zip(params, reference, strict=True):
-        assert th.equal(ours, theirs), broken(compat.FUNCTIONAL_ADAM, "no longer matches Adam.step()")
-
-
-@pytest.mark.parametrize(
-    ("activation", "internal"),
-    [
-        (th.nn.functional.relu, compat.THRESHOLD_BACKWARD),
-        (th.tanh, compat.TANH_BACKWARD),
-        (th.sigmoid, compat.SIGMOID_BACKWARD),
-    ],
-)
-def test_activation_backward_is_autograds(activation, internal):
-    x = th.randn(33, 17, requires_grad=True)
-    x.data[0, :4] = 0.0  # ReLU's kink
-    grad = th.randn(33, 17)
-    output = activation(x)
-    output.backward(grad)
-    backward = compat.activation_backward(activation)
-    assert backward is not None
-    assert th.equal(backward(grad, output.detach()), x.grad), broken(internal, "is no longer autograd's derivative")
-    assert compat.activation_backward(th.nn.functional.elu) is None
-
-
-@pytest.mark.parametrize("mean", [True, False])
-def test_smooth_l1_loss_backward_is_autograds(mean):
-    current = th.randn(37, 1, requires_grad=True)
-    target = current.detach() + th.randn(37, 1) * 2  # errors on both sides of beta = 1
-    loss = th.nn.functional.smooth_l1_loss(current, target, reduction="mean" if mean else "none")
-    grad = th.ones(()) if mean else th.rand(37, 1)
-    loss.backward(grad)
-    ours = compat.smooth_l1_loss_backward(grad, current.detach(), target, mean=mean)
-    assert th.equal(ours, current.grad), broken(compat.SMOOTH_L1_LOSS_BACKWARD, "is no longer autograd's derivative")
-
-
-def test_tensor_hooks_are_seen():
-    param = nn.Parameter(th.randn(3))
-    assert not compat.has_tensor_hooks([param])
-    handle = param.register_hook(lambda grad: grad)
-    assert compat.has_tensor_hooks([param]), f"register_hook no longer sets one of {compat.TENSOR_HOOK_ATTRIBUTES}"
-    handle.remove()
-    assert not compat.has_tensor_hooks([param])
-    handle = param.register_post_accumulate_grad_hook(lambda tensor: None)
-    assert compat.has_tensor_hooks([param]), (
-        f"register_post_accumulate_grad_hook no longer sets one of {compat.TENSOR_HOOK_ATTRIBUTES}"
-    )
-    handle.remove()
-
-
 def test_global_hooks_are_seen():
     net = nn.Linear(2, 2)
     assert not compat.has_hooks([net])
@@ -194,9 +119,11 @@ def test_the_n_steps_warning_is_recognised_and_silenced():
         return [str(w.message) for w in caught]
 
     messages = build()
-    assert any(re.search(compat.N_STEPS_IGNORED_MESSAGE, m) for m in messages), broken(
-        compat.N_STEPS_IGNORED_WARNING, f"no longer warns with that text: {messages}"
-    )
+    # SB3 2.8 ignores n_steps with a custom buffer class silently (nothing to silence); 2.9 warns with this text.
+    if any("n_steps" in m for m in messages) or not stable_baselines3.__version__.startswith("2.8."):
+        assert any(re.search(compat.N_STEPS_IGNORED_MESSAGE, m) for m in messages), broken(
+            compat.N_STEPS_IGNORED_WARNING, f"no longer warns with that text: {messages}"
+        )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with compat.n_steps_warning_silenced(NStepReplayBuffer, {"n_steps": 3}, 3):

@@ -11,7 +11,8 @@ D-th of it, a contiguous block, and keeps Adam's moments for that block only. A 
    by D;
 2. one ``Allreduce`` of two numbers over all ranks: the squared norm of every block (for clipping by the norm of the
    whole model) and the loss (for logging);
-3. clip and Adam on this rank's block alone (torch's functional Adam, as the flat update runs it);
+3. clip and Adam on this rank's block alone (a stock ``torch.optim.Adam`` over the block, as the flat update runs it:
+   :class:`~sb3_parallel_dqn.engine.flat_update.FlatAdam`);
 4. ``Allgather`` the updated blocks into the flat parameter buffer of every rank.
 
 Adam is elementwise, so each element goes through the same float operations as with plain data parallelism: with
@@ -31,20 +32,30 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch as th
+from torch.nn.utils import clip_grads_with_norm_
 
-from sb3_parallel_dqn import compat
 from sb3_parallel_dqn.distributed import comm
 from sb3_parallel_dqn.distributed.comm import Group
 from sb3_parallel_dqn.distributed.gradients import SyncClock, attach_flat_grads, flat_views, reattach_grads
+
+if TYPE_CHECKING:
+    from sb3_parallel_dqn.engine.flat_update import FlatAdam
 
 
 def _adam_supported(optimizer: th.optim.Optimizer, parameters: Sequence[th.Tensor]) -> bool:
     from sb3_parallel_dqn.engine.flat_update import flat_adam_supported
 
     return flat_adam_supported(optimizer, parameters)
+
+
+def _flat_adam(optimizer: th.optim.Optimizer, *tensors: th.Tensor) -> FlatAdam:
+    from sb3_parallel_dqn.engine.flat_update import FlatAdam
+
+    return FlatAdam(optimizer, *tensors)
 
 
 # What the watchdog names when a rank never arrives (sb3_parallel_dqn.distributed.watchdog).
@@ -81,7 +92,7 @@ class ShardedAdam:
         if not _adam_supported(optimizer, self.parameters):
             raise ValueError(
                 "shard_optimizer=True shards Adam's state: it needs SB3's default optimizer (torch.optim.Adam without "
-                "amsgrad, foreach or fused) over float32 parameters on one device"
+                "amsgrad or fused) over float32 parameters on one device"
             )
         self.group = group
         self.size = comm.world_size() if group is None else group.Get_size()
@@ -102,6 +113,11 @@ class ShardedAdam:
         self.exp_avg = th.zeros(self.block, dtype=th.float32, device=device)
         self.exp_avg_sq = th.zeros(self.block, dtype=th.float32, device=device)
         self.step_count = th.tensor(0.0)
+        # Adam over this rank's block of the parameters, its gradient the reduced block.
+        self.own_params = self.param_buffer[own]
+        self.block_optimizer = _flat_adam(
+            optimizer, self.own_params, self.grad_block, self.exp_avg, self.exp_avg_sq, self.step_count
+        )
         # The pieces of parameters that fall in this rank's block (as views of grad_block), and the weight of each
         # piece's squared norm in the whole model's: one norm per piece per step, no per-element weights.
         self._pieces, weights = [], []
@@ -158,7 +174,11 @@ class ShardedAdam:
             block = comm.reduce_scatter_sum_(self._host.numpy(), self.group, what=_REDUCE)
             self.grad_block.copy_(th.from_numpy(block))
         self.grad_block.div_(self.size)
-        norms = th.stack(compat.foreach_norm(self._pieces, 2.0)).double() if self._pieces else th.zeros(0, dtype=th.float64)
+        norms = (
+            th.stack([th.linalg.vector_norm(piece, 2.0) for piece in self._pieces]).double()
+            if self._pieces
+            else th.zeros(0, dtype=th.float64)
+        )
         squares = float((norms.cpu().square() * self._piece_weights).sum())
         sums = comm.allreduce_sum_(
             np.array([squares, loss.item() * self.counts_loss]), what="the sharded optimizer's norm Allreduce (train())"
@@ -169,18 +189,14 @@ class ShardedAdam:
 
     def clip_grad_norm_(self, max_norm: float) -> th.Tensor:
         """Clip this rank's block by the norm of the whole model's averaged gradient; returns that norm."""
-        clip_coef = float(max_norm) / (self.total_norm + 1e-6)
-        self.grad_block.mul_(th.clamp(clip_coef, max=1.0).to(self.grad_block.device))
+        clip_grads_with_norm_([self.own_params], max_norm, self.total_norm)  # scales its .grad, the block
         return self.total_norm
 
     def step(self) -> None:
         """Adam on this rank's block, then every rank's updated block into every rank's parameters."""
-        own_params = self.param_buffer[self._own]
-        compat.adam_step(
-            self.optimizer.param_groups[0], own_params, self.grad_block, self.exp_avg, self.exp_avg_sq, self.step_count
-        )
+        self.block_optimizer.step()
         start = time.perf_counter()
-        self._allgather_(self.param_buffer, own_params)
+        self._allgather_(self.param_buffer, self.own_params)
         self.clock.add(time.perf_counter() - start, syncs=0)
 
     def _allgather_(self, buffer: th.Tensor, block: th.Tensor) -> None:

@@ -4,11 +4,13 @@ Adam's moments, are views of one contiguous buffer each.
 
 Small networks spend most of a gradient step in per-tensor overhead, not arithmetic: SB3's step zeroes, clips and
 Adam-updates each parameter tensor separately (Adam alone runs about ten kernels per tensor). On flat buffers,
-zeroing is one kernel, the clip scale one kernel, and Adam's update ten kernels for the whole network. Every one of
-these operations is elementwise, so each element goes through the same float operations as in
+zeroing is one kernel, the clip scale one kernel, and Adam's update ten kernels for the whole network: a stock
+``torch.optim.Adam`` over one flat tensor (:class:`FlatAdam`), with the hyperparameters of SB3's optimizer. Every one
+of these operations is elementwise, so each element goes through the same float operations as in
 ``optimizer.step()``: the weights and Adam state stay bit-identical to SB3's (``tests/test_flat_update.py`` and
-``tests/test_equivalence.py`` check it). The gradient norm is computed per tensor exactly as ``clip_grad_norm_``
-does, because a norm over the flat buffer would sum in another order.
+``tests/test_equivalence.py`` check it). The gradient norm is ``torch.nn.utils.get_total_norm`` over the per-parameter
+views of the flat gradient buffer, as ``clip_grad_norm_`` computes it (a norm over the flat buffer would sum in
+another order), and the clip ``torch.nn.utils.clip_grads_with_norm_`` of the flat buffer. Only public torch APIs.
 
 The optimizer object and its ``state_dict`` stay those of SB3 (one state entry per parameter), so saved models,
 ``load`` and ``set_parameters`` are unchanged; its state tensors are views of the flat buffers while training.
@@ -19,12 +21,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch as th
+from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 
-from sb3_parallel_dqn import compat
 from sb3_parallel_dqn.distributed.gradients import attach_flat_grads, flat_views, reattach_grads
 
-# Adam settings the flat path supports; anything else (amsgrad, fused, capturable, ...) takes optimizer.step().
+# Adam settings the flat path supports; anything else takes optimizer.step(). fused: torch's fused CPU kernel rounds
+# some elements differently on one flat tensor than on the separate tensors (its vector/scalar split follows the
+# tensor boundaries; tests/test_flat_update.py); amsgrad: a third moment the flat state does not carry.
 _FLAT_ADAM_OFF = ("amsgrad", "capturable", "differentiable", "fused")
+# The hyperparameters of SB3's optimizer that FlatAdam reads before every step (SB3's schedule sets "lr").
+_HYPERPARAMETERS = ("lr", "betas", "eps", "weight_decay", "maximize", "decoupled_weight_decay")
 
 
 def flat_adam_supported(optimizer: th.optim.Optimizer, parameters: Sequence[th.Tensor]) -> bool:
@@ -35,7 +41,7 @@ def flat_adam_supported(optimizer: th.optim.Optimizer, parameters: Sequence[th.T
     same_params = len(group["params"]) == len(parameters) and all(
         a is b for a, b in zip(group["params"], parameters, strict=False)
     )
-    if not same_params or any(group.get(key) for key in _FLAT_ADAM_OFF) or group.get("foreach"):
+    if not same_params or any(group.get(key) for key in _FLAT_ADAM_OFF):
         return False
     if getattr(optimizer, "grad_scale", None) is not None or getattr(optimizer, "found_inf", None) is not None:
         return False
@@ -43,13 +49,49 @@ def flat_adam_supported(optimizer: th.optim.Optimizer, parameters: Sequence[th.T
     return all(p.dtype == th.float32 and p.device == first.device and not p.is_sparse for p in parameters)
 
 
+class FlatAdam:
+    """
+    A stock ``torch.optim.Adam`` over one flat tensor ``param`` (whose ``.grad`` becomes ``grad``), its state the flat
+    moment buffers and step count given here, its hyperparameters those of ``optimizer`` (SB3's ``Adam``, checked by
+    :func:`flat_adam_supported`), read again before every :meth:`step`. Adam is elementwise, so one step of it is
+    ``optimizer.step()`` over the tensors that ``param`` is the concatenation of, bit for bit; with ``foreach``
+    unset, the same implementation is chosen as for them (the single-tensor one on CPU, as torch documents).
+    """
+
+    def __init__(
+        self,
+        optimizer: th.optim.Optimizer,
+        param: th.Tensor,
+        grad: th.Tensor,
+        exp_avg: th.Tensor,
+        exp_avg_sq: th.Tensor,
+        step: th.Tensor,
+    ) -> None:
+        self.source = optimizer.param_groups[0]
+        param.grad = grad
+        settings = {key: self.source[key] for key in optimizer.defaults if key in self.source}
+        if settings.get("foreach") is None and param.device.type == "cpu":
+            settings["foreach"] = False  # what Adam resolves None to on CPU, decided once instead of at every step
+        self.optimizer = th.optim.Adam([param], **settings)
+        self.optimizer.state[param] = {"step": step, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+        self.group = self.optimizer.param_groups[0]
+        self._keys = [key for key in _HYPERPARAMETERS if key in self.source and key in self.group]
+
+    def step(self) -> None:
+        """``Adam.step()`` on the flat tensor, with the current hyperparameters of SB3's optimizer."""
+        group, source = self.group, self.source
+        for key in self._keys:
+            group[key] = source[key]
+        self.optimizer.step()
+
+
 class FlatUpdate:
     """
     Zero, clip and step the gradients of ``parameters`` (all of one network, each requiring grad) on flat buffers.
 
     With SB3's default ``Adam`` the parameters and Adam's ``exp_avg``/``exp_avg_sq`` also become views of flat
-    buffers and :meth:`step` runs torch's own single-tensor Adam once on the whole network; with any other optimizer
-    :meth:`step` calls ``optimizer.step()``. Call :meth:`attach` before a series of updates: it is cheap when nothing
+    buffers and :meth:`step` runs a stock ``Adam`` once on the whole network (:class:`FlatAdam`); with any other
+    optimizer :meth:`step` calls ``optimizer.step()``. Call :meth:`attach` before a series of updates: it is cheap when nothing
     changed, and re-flattens after anything replaced a tensor (``load_state_dict``, ``zero_grad(set_to_none=True)``).
     Call :meth:`detach_steps` after the series, which writes the step count back to every parameter's state.
 
@@ -89,6 +131,11 @@ class FlatUpdate:
             self._exp_avg_views = flat_views(self.exp_avg_buffer, self.parameters)
             self._exp_avg_sq_views = flat_views(self.exp_avg_sq_buffer, self.parameters)
             self.step_count = th.tensor(0.0)
+            self.flat_optimizer = FlatAdam(
+                optimizer, self.param_buffer, self._flat_grad, self.exp_avg_buffer, self.exp_avg_sq_buffer, self.step_count
+            )
+        # What clip_grads_with_norm_ scales: the flat gradient buffer at once (the flat parameter's .grad), or the views.
+        self._clipped: list[th.Tensor] = [self.param_buffer] if self.flat_adam else list(self.parameters)
         self.attach()
 
     def attach(self) -> None:
@@ -127,28 +174,23 @@ class FlatUpdate:
 
     def clip_grad_norm_(self, max_norm: float) -> th.Tensor:
         """
-        ``th.nn.utils.clip_grad_norm_(parameters, max_norm)``, same float operations: the norm of the per-tensor
-        norms, then one multiply of the flat buffer by the clamped coefficient. Returns the total norm.
+        ``th.nn.utils.clip_grad_norm_(parameters, max_norm)``, same float operations: ``get_total_norm`` of the
+        per-parameter gradient views (the norm of the per-tensor norms), then ``clip_grads_with_norm_``, one multiply
+        of the flat buffer by the clamped coefficient. Returns the total norm.
         """
-        norms = th.stack(compat.foreach_norm(self.grads, 2.0))
-        total_norm = th.linalg.vector_norm(norms, 2.0) if self.total_norm is None else self.total_norm(norms)
-        clip_coef = float(max_norm) / (total_norm + 1e-6)
-        self._flat_grad.mul_(th.clamp(clip_coef, max=1.0))
+        if self.total_norm is None:
+            total_norm = get_total_norm(self.grads, 2.0)
+        else:  # the whole model's norm from this rank's per-tensor norms (model parallelism)
+            total_norm = self.total_norm(th.stack([th.linalg.vector_norm(grad, 2.0) for grad in self.grads]))
+        clip_grads_with_norm_(self._clipped, max_norm, total_norm)
         return total_norm
 
     def step(self) -> None:
-        """One optimizer step: torch's single-tensor Adam on the flat buffers, or ``optimizer.step()``."""
-        if not self.flat_adam:
+        """One optimizer step: a stock ``Adam`` on the flat buffers (:class:`FlatAdam`), or ``optimizer.step()``."""
+        if self.flat_adam:
+            self.flat_optimizer.step()
+        else:
             self.optimizer.step()
-            return
-        compat.adam_step(
-            self.optimizer.param_groups[0],
-            self.param_buffer,
-            self._flat_grad,
-            self.exp_avg_buffer,
-            self.exp_avg_sq_buffer,
-            self.step_count,
-        )
 
     def detach_steps(self) -> None:
         """Write the flat step count into every parameter's Adam state (as ``optimizer.step()`` would have)."""

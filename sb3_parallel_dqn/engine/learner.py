@@ -8,10 +8,9 @@ process stays bit-identical to SB3's ``DQN`` (``tests/test_equivalence.py``):
 - sampling: all the uniform batches of a ``train()`` call drawn and gathered at once
   (:func:`~sb3_parallel_dqn.engine.sampling.sample_batches`); a prioritized buffer is sampled step by step instead,
   since each step's new priorities weigh the next draw, with the importance weights normalised over all ranks;
-- the TD loss's forwards: the lean Q-network forward of the online and the target network;
-- the TD loss's backward: by hand for an MLP Q-network, with autograd's kernels but without its bookkeeping
-  (:class:`~sb3_parallel_dqn.engine.mlp_gradients.MlpTDGradients`);
-- the update: gradients, parameters and Adam's moments on flat buffers
+- the TD loss's forwards: the lean Q-network forward of the online and the target network; its backward:
+  autograd's, into the flat gradient buffer;
+- the update: gradients, parameters and Adam's moments on flat buffers, a stock ``Adam`` over them
   (:class:`~sb3_parallel_dqn.engine.flat_update.FlatUpdate`), the gradient ``Allreduce`` reading the gradient buffer
   in place (:class:`~sb3_parallel_dqn.distributed.gradients.GradientAverager`), or the sharded optimizer
   (:class:`~sb3_parallel_dqn.distributed.sharded_optimizer.ShardedAdam`).
@@ -39,10 +38,9 @@ from sb3_parallel_dqn.distributed.mesh import Mesh
 from sb3_parallel_dqn.distributed.sharded_optimizer import ShardedAdam
 from sb3_parallel_dqn.engine import model_parallel
 from sb3_parallel_dqn.engine.flat_update import FlatUpdate
-from sb3_parallel_dqn.engine.mlp_gradients import MlpTDGradients, mlp_td_gradients
 from sb3_parallel_dqn.engine.q_forward import QForward, q_forward
 from sb3_parallel_dqn.engine.sampling import sample_batches
-from sb3_parallel_dqn.losses import check_finite, td_loss, td_target
+from sb3_parallel_dqn.losses import check_finite, td_loss
 from sb3_parallel_dqn.prioritized_replay import PrioritizedReplayBuffer
 
 if TYPE_CHECKING:
@@ -86,8 +84,6 @@ class Learner:
         self.averager: GradientAverager | None = None
         self.online_q: QForward = lambda obs: model.q_net(obs)
         self.target_q: QForward = lambda obs: model.q_net_target(obs)
-        # The hand-written backward of an MLP Q-network (FlatUpdate only); None: autograd's.
-        self.mlp_gradients: MlpTDGradients | None = None
         self.timer: PartTimer | None = None
         self._batches: Iterator[ReplayBufferSamples] | None = None
         self._sampled_leaves: np.ndarray | None = None
@@ -112,10 +108,6 @@ class Learner:
         self.target_q = q_forward(model.q_net_target)
         self.prepare_update()
         self.updates_made = compat.n_updates(model)
-        update = self.update
-        self.mlp_gradients = (
-            mlp_td_gradients(model.q_net, update.parameters, update.grads) if isinstance(update, FlatUpdate) else None
-        )
         buffer = model.replay_buffer
         if isinstance(buffer, PrioritizedReplayBuffer):
             buffer.set_progress(compat.progress_remaining(model))
@@ -151,13 +143,9 @@ class Learner:
         over ranks, and with ``weights`` this rank's TD errors.
         """
         assert self.update is not None
-        if self.mlp_gradients is None:
-            loss, td_errors = td_loss(self.online_q, self.target_q, replay_data, gamma, double_q, weights)
-            self.update.zero_grad()
-            loss.backward()
-        else:
-            target_q_values = td_target(self.online_q, self.target_q, replay_data, gamma, double_q)
-            loss, td_errors = self.mlp_gradients(replay_data, target_q_values, weights)  # replaces every gradient
+        loss, td_errors = td_loss(self.online_q, self.target_q, replay_data, gamma, double_q, weights)
+        self.update.zero_grad()
+        loss.backward()
         self._mark("forward_backward")
         return self._average(loss), td_errors
 
