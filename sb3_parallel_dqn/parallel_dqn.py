@@ -90,7 +90,7 @@ class ParallelDQN(DQN):
     :param model_parallel_size: ranks that hold one Q-network, split Megatron-style (tensor parallelism, see
         :mod:`~sb3_parallel_dqn.distributed.tensor_parallel`); the job's W ranks form W / M replicas
     :param shard_optimizer: shard Adam's state over the replicas (ZeRO stage 1, see
-        :mod:`~sb3_parallel_dqn.distributed.sharded_optimizer`)
+        :mod:`~sb3_parallel_dqn.updates.sharded`)
     :param _init_setup_model: Whether or not to build the network at the creation of the instance
     """
 

@@ -9,8 +9,8 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import NStepReplayBuffer, ReplayBuffer
 
-from sb3_parallel_dqn.engine.flat_update import FlatUpdate, flat_adam_supported
 from sb3_parallel_dqn.engine.sampling import sample_batches
+from sb3_parallel_dqn.updates import FlatUpdate, flat_adam_supported
 
 # Adam's decoupled_weight_decay (AdamW's update), from torch 2.7 on.
 DECOUPLED = {"decoupled_weight_decay": True} if "decoupled_weight_decay" in inspect.signature(th.optim.Adam).parameters else {}
@@ -77,7 +77,7 @@ def test_flat_update_is_clip_grad_norm_and_optimizer_step(optimizer_class, kwarg
         assert th.equal(norm, expected_norm)
         clipped.append(float(norm) > 10)
         if step % 20 == 19:
-            update.detach_steps()
+            update.end_updates()
             _assert_same_state(reference, (net, optimizer))
             update.attach()
     assert any(clipped) and not all(clipped)  # both branches of the clip were exercised
@@ -92,7 +92,7 @@ def test_flat_update_keeps_the_optimizer_state_format_and_reattaches_after_load(
         _loss(net, step).backward()
         update.clip_grad_norm_(10)
         update.step()
-    update.detach_steps()
+    update.end_updates()
     # Parameters and moments are views of the flat buffers...
     assert net[0].weight.data_ptr() == update.param_buffer.data_ptr()
     assert optimizer.state[net[0].weight]["exp_avg"].data_ptr() == update.exp_avg_buffer.data_ptr()
@@ -119,7 +119,7 @@ def test_flat_update_keeps_the_optimizer_state_format_and_reattaches_after_load(
         _loss(net, 200 + step).backward()
         update.clip_grad_norm_(10)
         update.step()
-    update.detach_steps()
+    update.end_updates()
     _assert_same_state((other_net, other), (net, optimizer))
 
 
@@ -220,3 +220,31 @@ def test_sample_batches_are_sb3_samples(n_envs, optimize_memory_usage, n_steps, 
                 continue
             assert a.dtype == b.dtype and a.shape == b.shape
             assert th.equal(a, b)
+
+
+def test_make_update_picks_the_update_the_settings_ask_for():
+    """One process: the flat path under SB3's Adam, SB3's own eager path where the flat one would not be bit-exact."""
+    from sb3_parallel_dqn.distributed import mesh
+    from sb3_parallel_dqn.updates import EagerUpdate, make_update
+
+    net = th.nn.Linear(3, 2)
+    grid = mesh.get(1)
+    assert type(make_update(list(net.parameters()), th.optim.Adam(net.parameters()), grid)) is FlatUpdate
+    fused = th.optim.Adam(net.parameters(), fused=True)
+    assert type(make_update(list(net.parameters()), fused, grid)) is EagerUpdate
+    assert type(make_update(list(net.parameters()), th.optim.SGD(net.parameters(), lr=0.1), grid)) is EagerUpdate
+
+
+def test_the_eager_update_is_sb3s_train():
+    """An optimizer the flat path cannot take (SGD) trains bit for bit as SB3's DQN."""
+    from stable_baselines3 import DQN
+
+    from sb3_parallel_dqn import ParallelDQN
+
+    kwargs = dict(learning_starts=50, batch_size=16, train_freq=4, seed=0,
+                  policy_kwargs=dict(net_arch=[16], optimizer_class=th.optim.SGD))  # fmt: skip
+    sb3 = DQN("MlpPolicy", "CartPole-v1", **kwargs).learn(400)
+    ours = ParallelDQN("MlpPolicy", "CartPole-v1", **kwargs).learn(400)
+    assert type(ours._learner.update).__name__ == "EagerUpdate"
+    for a, b in zip(sb3.policy.state_dict().values(), ours.policy.state_dict().values(), strict=True):
+        assert th.equal(a, b)

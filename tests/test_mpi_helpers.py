@@ -7,7 +7,8 @@ import pytest
 import torch as th
 
 from sb3_parallel_dqn.distributed import comm
-from sb3_parallel_dqn.distributed.gradients import GradientAverager, check_synced, module_checksum
+from sb3_parallel_dqn.distributed.gradients import check_synced, module_checksum
+from sb3_parallel_dqn.updates import GradientAverager
 
 
 def test_helpers_without_mpi():

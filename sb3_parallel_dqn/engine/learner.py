@@ -10,10 +10,9 @@ process stays bit-identical to SB3's ``DQN`` (``tests/test_equivalence.py``):
   since each step's new priorities weigh the next draw, with the importance weights normalised over all ranks;
 - the TD loss's forwards: the lean Q-network forward of the online and the target network; its backward:
   autograd's, into the flat gradient buffer;
-- the update: gradients, parameters and Adam's moments on flat buffers, a stock ``Adam`` over them
-  (:class:`~sb3_parallel_dqn.engine.flat_update.FlatUpdate`), the gradient ``Allreduce`` reading the gradient buffer
-  in place (:class:`~sb3_parallel_dqn.distributed.gradients.GradientAverager`), or the sharded optimizer
-  (:class:`~sb3_parallel_dqn.distributed.sharded_optimizer.ShardedAdam`).
+- the update: one :class:`~sb3_parallel_dqn.updates.Update` that :func:`~sb3_parallel_dqn.updates.make_update`
+  picks from the model's mesh and settings (flat buffers under a stock ``Adam``, data-parallel averaging with one
+  ``Allreduce``, the sharded optimizer, the model-group norm of a split model, or SB3's own eager path).
 
 The model's ``train()`` reads as SB3's ``DQN.train()``: :meth:`Learner.updates` around the gradient steps, each of
 them :meth:`~Learner.sample`, :meth:`~Learner.gradients`, :meth:`~Learner.clip_grad_norm_` and :meth:`~Learner.step`.
@@ -33,15 +32,13 @@ from stable_baselines3.common.type_aliases import ReplayBufferSamples
 
 from sb3_parallel_dqn import compat
 from sb3_parallel_dqn.distributed import comm
-from sb3_parallel_dqn.distributed.gradients import GradientAverager
 from sb3_parallel_dqn.distributed.mesh import Mesh
-from sb3_parallel_dqn.distributed.sharded_optimizer import ShardedAdam
 from sb3_parallel_dqn.engine import model_parallel
-from sb3_parallel_dqn.engine.flat_update import FlatUpdate
 from sb3_parallel_dqn.engine.q_forward import QForward, q_forward
 from sb3_parallel_dqn.engine.sampling import sample_batches
 from sb3_parallel_dqn.losses import check_finite, td_loss
 from sb3_parallel_dqn.prioritized_replay import PrioritizedReplayBuffer
+from sb3_parallel_dqn.updates import Update, make_update
 
 if TYPE_CHECKING:
     from stable_baselines3 import DQN
@@ -78,10 +75,7 @@ class Learner:
 
     def __init__(self, model: DQN, grid: Mesh) -> None:
         self.model, self.grid = model, grid
-        # FlatUpdate, or ShardedAdam with shard_optimizer (which then also does the reduction over the data group).
-        self.update: FlatUpdate | ShardedAdam | None = None
-        # Averages the gradients over ranks, in the flat gradient buffer; None with one process.
-        self.averager: GradientAverager | None = None
+        self.update: Update | None = None  # made at the first train() (or memory_report, save), see prepare_update
         self.online_q: QForward = lambda obs: model.q_net(obs)
         self.target_q: QForward = lambda obs: model.q_net_target(obs)
         self.timer: PartTimer | None = None
@@ -150,17 +144,9 @@ class Learner:
         return self._average(loss), td_errors
 
     def _average(self, loss: th.Tensor) -> float:
-        """Average the gradients and ``loss`` over ranks; return the loss."""
+        """Average the gradients and ``loss`` over ranks (the update's sync); return the loss."""
         assert self.update is not None
-        if self.averager is None and not isinstance(self.update, ShardedAdam):
-            return loss.item()
-        if isinstance(self.update, ShardedAdam):
-            loss_value = self.update.reduce_(loss)  # ZeRO: reduce-scatter, then the norm and the loss
-        else:
-            # The loss travels in the same Allreduce. The gradient views were checked once for this train() call
-            # (FlatUpdate.attach), and nothing in it replaces them: no check per step.
-            assert self.averager is not None
-            loss_value = self.averager.average_(loss, reattach=False)
+        loss_value = self.update.sync(loss)
         self._mark("sync")
         return loss_value
 
@@ -195,13 +181,11 @@ class Learner:
         """After the gradient steps of one ``train()`` call (also when one raised)."""
         self._batches = None
         if self.update is not None:
-            self.update.detach_steps()
+            self.update.end_updates()
 
     def pop_mean_sync_ms(self) -> float | None:
         """Mean milliseconds of one gradient ``Allreduce`` since the last call; None with one process."""
-        if isinstance(self.update, ShardedAdam):
-            return self.update.pop_mean_sync_ms()
-        return None if self.averager is None else self.averager.pop_mean_sync_ms()
+        return None if self.update is None else self.update.pop_mean_sync_ms()
 
     def prepare_update(self) -> None:
         """
@@ -220,19 +204,9 @@ class Learner:
             or len(update.parameters) != len(parameters)
             or any(a is not b for a, b in zip(update.parameters, parameters, strict=True))
         ):
-            grad_buffer, self.averager = None, None
-            if getattr(model, "shard_optimizer", False):
-                weights = model_parallel.norm_weights(model.policy, grid)
-                counts_loss = grid.model_rank == 0
-                self.update = ShardedAdam(
-                    parameters, model.policy.optimizer, grid.data_group, weights, counts_loss, grid.data_parallel_size
-                )
-                return
-            if grid.data_parallel_size > 1:
-                self.averager = GradientAverager(parameters, grid.data_group)
-                grad_buffer = self.averager.buffer
-            norm = model_parallel.whole_model_norm(model.policy, grid)
-            self.update = FlatUpdate(parameters, model.policy.optimizer, grad_buffer, norm)
+            weights = model_parallel.norm_weights(model.policy, grid) if grid.model_parallel_size > 1 else None
+            shard_optimizer = getattr(model, "shard_optimizer", False)
+            self.update = make_update(parameters, model.policy.optimizer, grid, shard_optimizer, weights)
         else:
             update.attach()
 

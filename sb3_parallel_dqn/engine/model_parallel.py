@@ -25,9 +25,7 @@ from sb3_parallel_dqn import compat
 from sb3_parallel_dqn.distributed import comm, mesh
 from sb3_parallel_dqn.distributed.gradients import check_synced
 from sb3_parallel_dqn.distributed.lockstep import LockstepError
-from sb3_parallel_dqn.distributed.sharded_optimizer import ShardedAdam
 from sb3_parallel_dqn.distributed.tensor_parallel import (
-    allreduce_tensor,
     gathered_state_dict,
     shard_q_network,
     shard_rule,
@@ -72,22 +70,6 @@ def norm_weights(policy: DQNPolicy, grid: mesh.Mesh) -> list[float]:
     sharded = _sharded_parameters(policy)
     size = grid.model_parallel_size
     return [1.0 if param in sharded else 1.0 / size for param in policy.q_net.parameters()]
-
-
-def whole_model_norm(policy: DQNPolicy, grid: mesh.Mesh) -> Any:
-    """
-    The clip norm of the whole model from this rank's per-tensor norms (for ``FlatUpdate``): one ``Allreduce`` of one
-    number over the model group. None without model parallelism (the norm is local, SB3's bit for bit).
-    """
-    if grid.model_parallel_size == 1:
-        return None
-    # On the policy's device (the engine rebuilds this when the policy moves).
-    weights = th.tensor(norm_weights(policy, grid), dtype=th.float32, device=policy.device)
-
-    def total_norm(norms: th.Tensor) -> th.Tensor:
-        return allreduce_tensor((norms.square() * weights).sum(), grid.model_group).sqrt()
-
-    return total_norm
 
 
 def check_shards_synced(policy: DQNPolicy, n_updates: int, grid: mesh.Mesh) -> None:
@@ -136,9 +118,7 @@ def whole_model(model: DQN, learner: Learner, grid: mesh.Mesh, shard_optimizer: 
     learner.prepare_update()
     update = learner.update
     assert update is not None
-    sharded_optimizer = isinstance(update, ShardedAdam)
-    if isinstance(update, ShardedAdam):
-        update.whole_state()  # whole moments of this rank's shards, in the optimizer's state
+    update.whole_state()  # a sharded optimizer's whole moments (of this rank's shards) in the optimizer's state
     policy = model.policy
     try:
         if grid.model_parallel_size > 1:
@@ -149,7 +129,7 @@ def whole_model(model: DQN, learner: Learner, grid: mesh.Mesh, shard_optimizer: 
     finally:
         model.policy = policy
         model._create_aliases()  # type: ignore[attr-defined]
-        if sharded_optimizer:
+        if shard_optimizer:
             policy.optimizer.state.clear()  # ShardedAdam keeps this rank's block
 
 
@@ -191,15 +171,10 @@ def memory_report(model: DQN, learner: Learner) -> dict[str, int]:
     update = learner.update
     assert update is not None
     parameters = sum(p.numel() * p.element_size() for p in model.policy.parameters())
-    if isinstance(update, ShardedAdam):
-        optimizer = update.optimizer_bytes()
-    elif update.flat_adam:
-        optimizer = update.exp_avg_buffer.nbytes + update.exp_avg_sq_buffer.nbytes
-    else:
-        optimizer = sum(t.nbytes for state in update.optimizer.state.values() for t in state.values() if th.is_tensor(t))
+    held = update.nbytes()
     return {
         "parameters": parameters,
-        "gradients": update.grad_buffer.nbytes,
-        "optimizer": optimizer,
+        "gradients": held["gradients"],
+        "optimizer": held["optimizer"],
         "replay_buffer": replay_buffer_nbytes(model.replay_buffer),
     }

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from sb3_parallel_dqn.engine import STEP_PARTS as TIME_SPLIT_PARTS
+from sb3_parallel_dqn.updates import AveragedUpdate
 
 THRESHOLDS = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0, "LunarLander-v3": 200.0, "MountainCar-v0": -110.0}
 # --threshold sb3: the median over SB3's seeds of its final return (the return SB3 reaches with the whole budget).
@@ -71,7 +72,7 @@ def profile_gradient_steps(model: Any, n_steps: int) -> dict[str, float | None]:
             model.train(gradient_steps=n_steps, batch_size=model.batch_size)
         finally:
             model._learner.timer = None
-        totals, synced = timer.seconds, model._learner.averager is not None
+        totals, synced = timer.seconds, isinstance(model._learner.update, AveragedUpdate)
     else:
         totals, synced = _sb3_step_parts(model, n_steps), False
     split: dict[str, float | None] = {f"{part}_us": 1e6 * totals[part] / n_steps for part in TIME_SPLIT_PARTS}
@@ -233,7 +234,8 @@ def run_worker(args: argparse.Namespace) -> None:
     env.close()
 
     result: dict[str, Any] = {}
-    averager = getattr(getattr(model, "_learner", None), "averager", None)
+    update = getattr(getattr(model, "_learner", None), "update", None)
+    averager = update.averager if isinstance(update, AveragedUpdate) else None
     if averager is not None:
         # Raw Allreduce of a buffer of the same size, same process, right after training (every rank takes part).
         result["raw_allreduce_ms"] = 1e3 * comm.time_allreduce(np.zeros(averager.n_floats, dtype=np.float32))

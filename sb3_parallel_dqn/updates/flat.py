@@ -23,7 +23,8 @@ from collections.abc import Callable, Sequence
 import torch as th
 from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 
-from sb3_parallel_dqn.distributed.gradients import attach_flat_grads, flat_views, reattach_grads
+from sb3_parallel_dqn.updates.base import Update
+from sb3_parallel_dqn.updates.flat_buffers import attach_flat_grads, flat_views, reattach_grads
 
 # Adam settings the flat path supports; anything else takes optimizer.step(). fused: torch's fused CPU kernel rounds
 # some elements differently on one flat tensor than on the separate tensors (its vector/scalar split follows the
@@ -85,7 +86,7 @@ class FlatAdam:
         self.optimizer.step()
 
 
-class FlatUpdate:
+class FlatUpdate(Update):
     """
     Zero, clip and step the gradients of ``parameters`` (all of one network, each requiring grad) on flat buffers.
 
@@ -93,14 +94,15 @@ class FlatUpdate:
     buffers and :meth:`step` runs a stock ``Adam`` once on the whole network (:class:`FlatAdam`); with any other
     optimizer :meth:`step` calls ``optimizer.step()``. Call :meth:`attach` before a series of updates: it is cheap when nothing
     changed, and re-flattens after anything replaced a tensor (``load_state_dict``, ``zero_grad(set_to_none=True)``).
-    Call :meth:`detach_steps` after the series, which writes the step count back to every parameter's state.
+    Call :meth:`end_updates` after the series, which writes the step count back to every parameter's state. One
+    process: :meth:`sync` only reads the loss (:class:`~sb3_parallel_dqn.updates.averaged.AveragedUpdate` averages).
 
     :param parameters: the parameters to update, in the optimizer's order
     :param optimizer: the optimizer that owns them
     :param grad_buffer: an existing flat gradient buffer to use (whose leading elements the ``.grad`` views cover),
-        e.g. :class:`~sb3_parallel_dqn.distributed.gradients.GradientAverager`'s; by default one is made here
+        e.g. :class:`~sb3_parallel_dqn.updates.averaged.GradientAverager`'s; by default one is made here
     :param total_norm: the clip norm from the per-tensor norms (default: their 2-norm, as ``clip_grad_norm_``); with
-        model parallelism, the whole model's (see :func:`sb3_parallel_dqn.distributed.model_parallel.whole_model_norm`)
+        model parallelism, the whole model's (:class:`~sb3_parallel_dqn.updates.split.ModelGroupNorm`)
     """
 
     def __init__(
@@ -172,6 +174,10 @@ class FlatUpdate:
         """Zero every gradient with one kernel."""
         self._flat_grad.zero_()
 
+    def sync(self, loss: th.Tensor) -> float:
+        """One process: nothing to average."""
+        return loss.item()
+
     def clip_grad_norm_(self, max_norm: float) -> th.Tensor:
         """
         ``th.nn.utils.clip_grad_norm_(parameters, max_norm)``, same float operations: ``get_total_norm`` of the
@@ -192,8 +198,15 @@ class FlatUpdate:
         else:
             self.optimizer.step()
 
-    def detach_steps(self) -> None:
+    def end_updates(self) -> None:
         """Write the flat step count into every parameter's Adam state (as ``optimizer.step()`` would have)."""
         if self.flat_adam:
             for param in self.parameters:
                 self.optimizer.state[param]["step"].copy_(self.step_count)
+
+    def nbytes(self) -> dict[str, int]:
+        if self.flat_adam:
+            optimizer = self.exp_avg_buffer.nbytes + self.exp_avg_sq_buffer.nbytes
+        else:
+            optimizer = sum(t.nbytes for s in self.optimizer.state.values() for t in s.values() if th.is_tensor(t))
+        return {"gradients": self.grad_buffer.nbytes, "optimizer": optimizer}

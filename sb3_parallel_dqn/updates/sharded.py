@@ -1,7 +1,7 @@
 """
 Adam with its state sharded across the data-parallel ranks: ZeRO stage 1 (Rajbhandari et al. 2020,
 https://arxiv.org/abs/1910.02054), as DeepSpeed's ``stage_1_and_2.py`` and PyTorch's ``ZeroRedundancyOptimizer``
-do it, on the flat buffers of :mod:`~sb3_parallel_dqn.engine.flat_update`.
+do it, on the flat buffers of :mod:`~sb3_parallel_dqn.updates.flat`.
 
 The parameters and gradients of the network (this rank's shard of it, with model parallelism) stay whole on every
 rank, as views of one flat buffer each, padded to a multiple of the D ranks of the data group; each rank owns one
@@ -12,7 +12,7 @@ D-th of it, a contiguous block, and keeps Adam's moments for that block only. A 
 2. one ``Allreduce`` of two numbers over all ranks: the squared norm of every block (for clipping by the norm of the
    whole model) and the loss (for logging);
 3. clip and Adam on this rank's block alone (a stock ``torch.optim.Adam`` over the block, as the flat update runs it:
-   :class:`~sb3_parallel_dqn.engine.flat_update.FlatAdam`);
+   :class:`~sb3_parallel_dqn.updates.flat.FlatAdam`);
 4. ``Allgather`` the updated blocks into the flat parameter buffer of every rank.
 
 Adam is elementwise, so each element goes through the same float operations as with plain data parallelism: with
@@ -32,7 +32,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch as th
@@ -40,33 +39,20 @@ from torch.nn.utils import clip_grads_with_norm_
 
 from sb3_parallel_dqn.distributed import comm
 from sb3_parallel_dqn.distributed.comm import Group
-from sb3_parallel_dqn.distributed.gradients import SyncClock, attach_flat_grads, flat_views, reattach_grads
-
-if TYPE_CHECKING:
-    from sb3_parallel_dqn.engine.flat_update import FlatAdam
-
-
-def _adam_supported(optimizer: th.optim.Optimizer, parameters: Sequence[th.Tensor]) -> bool:
-    from sb3_parallel_dqn.engine.flat_update import flat_adam_supported
-
-    return flat_adam_supported(optimizer, parameters)
-
-
-def _flat_adam(optimizer: th.optim.Optimizer, *tensors: th.Tensor) -> FlatAdam:
-    from sb3_parallel_dqn.engine.flat_update import FlatAdam
-
-    return FlatAdam(optimizer, *tensors)
-
+from sb3_parallel_dqn.distributed.gradients import SyncClock
+from sb3_parallel_dqn.updates.base import Update
+from sb3_parallel_dqn.updates.flat import FlatAdam, flat_adam_supported
+from sb3_parallel_dqn.updates.flat_buffers import attach_flat_grads, flat_views, reattach_grads
 
 # What the watchdog names when a rank never arrives (sb3_parallel_dqn.distributed.watchdog).
 _REDUCE = "the sharded optimizer's gradient Reduce_scatter (train())"
 _GATHER = "the sharded optimizer's Allgather (train(), ParallelDQN.save)"
 
 
-class ShardedAdam:
+class ShardedAdam(Update):
     """
     The gradient update of ``parameters`` with Adam's state sharded over ``group`` (see the module docstring). It has
-    the interface of :class:`~sb3_parallel_dqn.engine.flat_update.FlatUpdate`, plus :meth:`reduce_`, which replaces
+    the interface of :class:`~sb3_parallel_dqn.updates.base.Update`, plus :meth:`reduce_`, which replaces
     the gradient ``Allreduce``.
 
     :param parameters: this rank's parameters, in the optimizer's order
@@ -89,7 +75,7 @@ class ShardedAdam:
     ) -> None:
         self.parameters = list(parameters)
         self.optimizer = optimizer
-        if not _adam_supported(optimizer, self.parameters):
+        if not flat_adam_supported(optimizer, self.parameters):
             raise ValueError(
                 "shard_optimizer=True shards Adam's state: it needs SB3's default optimizer (torch.optim.Adam without "
                 "amsgrad or fused) over float32 parameters on one device"
@@ -115,7 +101,7 @@ class ShardedAdam:
         self.step_count = th.tensor(0.0)
         # Adam over this rank's block of the parameters, its gradient the reduced block.
         self.own_params = self.param_buffer[own]
-        self.block_optimizer = _flat_adam(
+        self.block_optimizer = FlatAdam(
             optimizer, self.own_params, self.grad_block, self.exp_avg, self.exp_avg_sq, self.step_count
         )
         # The pieces of parameters that fall in this rank's block (as views of grad_block), and the weight of each
@@ -164,6 +150,10 @@ class ShardedAdam:
     def zero_grad(self) -> None:
         self.grad_buffer.zero_()
 
+    def sync(self, loss: th.Tensor) -> float:
+        """:meth:`reduce_`: the reduce-scatter takes the place of the gradient ``Allreduce``."""
+        return self.reduce_(loss)
+
     def reduce_(self, loss: th.Tensor) -> float:
         """Reduce-scatter the gradients and all-reduce the norm's and the loss's sums; return the mean loss."""
         start = time.perf_counter()
@@ -208,15 +198,15 @@ class ShardedAdam:
         comm.allgather_(self._host.numpy(), self.group, what=_GATHER)
         buffer.copy_(self._host)
 
-    def detach_steps(self) -> None:
+    def end_updates(self) -> None:
         """Nothing to write back: the state lives here until :meth:`whole_state`."""
 
     def pop_mean_sync_ms(self) -> float | None:
         return self.clock.pop_mean_ms()
 
-    def optimizer_bytes(self) -> int:
-        """Adam's state held by this rank: the two moments of its block (the gradients live in ``grad_buffer``)."""
-        return (self.exp_avg.numel() + self.exp_avg_sq.numel()) * 4
+    def nbytes(self) -> dict[str, int]:
+        """Adam's state held by this rank: the two moments of its block; the gradients: the whole padded buffer."""
+        return {"gradients": self.grad_buffer.nbytes, "optimizer": (self.exp_avg.numel() + self.exp_avg_sq.numel()) * 4}
 
     def whole_state(self) -> None:
         """
