@@ -33,12 +33,11 @@ import torch as th
 
 from sb3_parallel_dqn import ParallelDQN
 from sb3_parallel_dqn.distributed import comm
-from sb3_parallel_dqn.updates import GradientAverager
-from sb3_parallel_dqn.updates import FlatUpdate
 from sb3_parallel_dqn.engine.q_forward import q_forward
 from sb3_parallel_dqn.engine.sampling import sample_batches
 from sb3_parallel_dqn.losses import td_loss, td_target
 from sb3_parallel_dqn.policies import MinAtarCNN
+from sb3_parallel_dqn.updates import FlatUpdate, GradientAverager
 
 OLD = "/tmp/before/sb3_parallel_dqn"
 
