@@ -18,17 +18,17 @@ from sb3_parallel_dqn.distributed import comm
 comm.init_if_launched()
 
 if TYPE_CHECKING:
+    from sb3_parallel_dqn.buffers.frame import FrameReplayBuffer, PrioritizedFrameReplayBuffer
+    from sb3_parallel_dqn.buffers.prioritized import PrioritizedReplayBuffer
     from sb3_parallel_dqn.callbacks import ParallelEvalCallback
     from sb3_parallel_dqn.distributed.gradients import WeightsDivergedError
     from sb3_parallel_dqn.distributed.lockstep import LockstepError
     from sb3_parallel_dqn.envs import EnvWorkerError, ParallelSubprocVecEnv, make_parallel_vec_env
-    from sb3_parallel_dqn.frame_replay import FrameReplayBuffer, PrioritizedFrameReplayBuffer
     from sb3_parallel_dqn.interrupt import stop_on_signals
+    from sb3_parallel_dqn.io.safe_load import ModelFileError, UnsafeModelFileError, load_weights_only
     from sb3_parallel_dqn.losses import NonFiniteError
     from sb3_parallel_dqn.parallel_dqn import ParallelDQN
     from sb3_parallel_dqn.policies import CnnPolicy, DuelingQNetwork, MinAtarCNN, MlpPolicy, MultiInputPolicy
-    from sb3_parallel_dqn.prioritized_replay import PrioritizedReplayBuffer
-    from sb3_parallel_dqn.safe_load import ModelFileError, UnsafeModelFileError, load_weights_only
     from sb3_parallel_dqn.validation import ConfigError, UnsupportedSpaceError
 
 # Public name -> the module that defines it.
@@ -37,22 +37,22 @@ _PUBLIC = {
     "ConfigError": "validation",
     "DuelingQNetwork": "policies",
     "EnvWorkerError": "envs",
-    "FrameReplayBuffer": "frame_replay",
+    "FrameReplayBuffer": "buffers.frame",
     "LockstepError": "distributed.lockstep",
     "MinAtarCNN": "policies",
     "MlpPolicy": "policies",
-    "ModelFileError": "safe_load",
+    "ModelFileError": "io.safe_load",
     "MultiInputPolicy": "policies",
     "NonFiniteError": "losses",
     "ParallelDQN": "parallel_dqn",
     "ParallelEvalCallback": "callbacks",
     "ParallelSubprocVecEnv": "envs",
-    "PrioritizedFrameReplayBuffer": "frame_replay",
-    "PrioritizedReplayBuffer": "prioritized_replay",
-    "UnsafeModelFileError": "safe_load",
+    "PrioritizedFrameReplayBuffer": "buffers.frame",
+    "PrioritizedReplayBuffer": "buffers.prioritized",
+    "UnsafeModelFileError": "io.safe_load",
     "UnsupportedSpaceError": "validation",
     "WeightsDivergedError": "distributed.gradients",
-    "load_weights_only": "safe_load",
+    "load_weights_only": "io.safe_load",
     "make_parallel_vec_env": "envs",
     "stop_on_signals": "interrupt",
 }

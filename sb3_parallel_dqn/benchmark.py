@@ -20,7 +20,7 @@ driver writes ``returns.png`` (mean eval return vs training seconds) and ``speed
     python -m sb3_parallel_dqn.benchmark --quick --out bench/quick   # 1 seed, 6k steps: a smoke run of a few minutes
 
 (also ``sb3-parallel-dqn benchmark ...`` and ``python scripts/benchmark.py ...``). What it does:
-:mod:`sb3_parallel_dqn.zoo.benchmark`.
+:mod:`sb3_parallel_dqn.bench.benchmark`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sb3_parallel_dqn.zoo.benchmark import (
+from sb3_parallel_dqn.bench.benchmark import (
     DEFAULTS,
     LAYOUTS,
     QUICK,
@@ -126,11 +126,11 @@ def main(argv: list[str] | None = None) -> int:
         run_worker(args)
         return 0
     if args.scaling_report:
-        from sb3_parallel_dqn.zoo.scaling_report import run_scaling_report
+        from sb3_parallel_dqn.bench.scaling_report import run_scaling_report
 
         return run_scaling_report(args)
     if args.replay:
-        from sb3_parallel_dqn.zoo.replay_benchmark import run_replay
+        from sb3_parallel_dqn.bench.replay_benchmark import run_replay
 
         return run_replay(args)
     return run_parallelism(args) if args.parallelism else run_driver(args)

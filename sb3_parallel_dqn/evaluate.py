@@ -15,7 +15,7 @@ entry of the env in ``-conf``. Actions are greedy unless ``--stochastic``.
 
 Loading a model unpickles objects stored in its zip, which can run code: only evaluate files you trust. For any other
 file use ``--weights-only``: the model is built from the config (``policy``, ``policy_kwargs``) and only its tensors
-are read from the zip (``policy.pth``, with ``torch.load(weights_only=True)``; see :mod:`sb3_parallel_dqn.safe_load`).
+are read from the zip (``policy.pth``, with ``torch.load(weights_only=True)``; see :mod:`sb3_parallel_dqn.io.safe_load`).
 ``--weights-only`` refuses configs with ``normalize``, whose statistics file is a pickle too. It runs no code that came
 with the model: a config found next to the model that names modules to import (``env_wrapper``, ``vec_env_wrapper``,
 ``callback``) is refused (pass the config you trust with ``-conf``), and no named module is imported from the model's

@@ -16,7 +16,7 @@ from stable_baselines3.common.utils import polyak_update
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 from stable_baselines3.dqn.policies import CnnPolicy, DQNPolicy, MlpPolicy, MultiInputPolicy
 
-from sb3_parallel_dqn import checkpoints
+from sb3_parallel_dqn.buffers.prioritized import fitted_replay_buffer, replay_buffer_as_requested, truncate_last_transitions
 from sb3_parallel_dqn.callbacks import with_global_progress_bar
 from sb3_parallel_dqn.distributed import comm, lockstep, mesh
 from sb3_parallel_dqn.distributed.devices import pick_device, set_torch_threads
@@ -24,8 +24,8 @@ from sb3_parallel_dqn.distributed.gradients import broadcast_module_, broadcast_
 from sb3_parallel_dqn.engine import Collector, GlobalClock, Learner, model_parallel
 from sb3_parallel_dqn.engine.settings_check import check_model
 from sb3_parallel_dqn.envs import build_env
+from sb3_parallel_dqn.io import checkpoints
 from sb3_parallel_dqn.policies import resolve_dueling
-from sb3_parallel_dqn.prioritized_replay import fitted_replay_buffer, replay_buffer_as_requested, truncate_last_transitions
 from sb3_parallel_dqn.validation import check_action_space, check_model_kwargs
 
 SelfParallelDQN = TypeVar("SelfParallelDQN", bound="ParallelDQN")

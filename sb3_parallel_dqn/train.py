@@ -19,7 +19,7 @@ ends where the original one was meant to end. ``-n N`` trains N more global step
 stretch over the longer run). The env settings come from the saved run's ``<env>/config.yml`` unless ``-conf`` is
 given. Another world size works too: rank r reloads replay buffer shard r mod (the ranks that saved them), so fewer
 ranks leave the last shards out and more ranks start from copies
-(:func:`sb3_parallel_dqn.checkpoints.shard_for_rank`). What it does: :mod:`sb3_parallel_dqn.zoo.experiment`.
+(:func:`sb3_parallel_dqn.io.checkpoints.shard_for_rank`). What it does: :mod:`sb3_parallel_dqn.zoo.experiment`.
 """
 
 from __future__ import annotations

@@ -97,7 +97,7 @@ def test_report_and_plots(quick_run):
 def test_item5_speedups_are_sb3s_medians_over_each_configurations():
     """Issue 23, item 5 (replaces SB3's speed divided by itself): ``speedups`` is SB3's median time to threshold
     over the configuration's, and the configuration's median speed over SB3's; None where there is no time."""
-    from sb3_parallel_dqn.zoo.benchmark import speedups
+    from sb3_parallel_dqn.bench.benchmark import speedups
 
     def run(seconds, speed):
         return {"seconds_to_threshold": seconds, "env_steps_per_s": speed}
@@ -124,7 +124,7 @@ def test_item5_time_split_covers_the_profiled_gradient_steps(algo):
     from stable_baselines3 import DQN
 
     from sb3_parallel_dqn import ParallelDQN
-    from sb3_parallel_dqn.zoo.benchmark import profile_gradient_steps
+    from sb3_parallel_dqn.bench.benchmark import profile_gradient_steps
 
     algo_class = DQN if algo == "sb3" else ParallelDQN
     model = algo_class("MlpPolicy", "CartPole-v1", learning_starts=0, buffer_size=1000, batch_size=32, seed=0)
@@ -144,7 +144,7 @@ def test_item5_time_split_covers_the_profiled_gradient_steps(algo):
 
 def test_zoo_conf_file_is_rl_zoo3s_own(tmp_path):
     """``--sb3-conf-file zoo`` runs SB3 on the zoo's published values (not this package's tuned ones)."""
-    from sb3_parallel_dqn.zoo import benchmark
+    from sb3_parallel_dqn.bench import benchmark
     from sb3_parallel_dqn.zoo.hyperparams import load_hyperparams
 
     path = benchmark.resolve_conf_file("zoo")
@@ -176,7 +176,7 @@ def test_layout_configurations_launch_the_right_job():
     """mp-<W> and zero-<W> run W ranks with the layout's keyword; sb3 and pdqn-1 run one process."""
     import argparse
 
-    from sb3_parallel_dqn.zoo.benchmark import command_for
+    from sb3_parallel_dqn.bench.benchmark import command_for
 
     args = argparse.Namespace(env="CartPole-v1", eval_freq=1, eval_episodes=1, final_episodes=1, profile_steps=0,
                               conf_file=None, sb3_conf_file=None, n_timesteps=None, threshold=None, hyperparams=[],
@@ -191,7 +191,7 @@ def test_layout_configurations_launch_the_right_job():
 
 def test_no_speedup_plot_without_the_sb3_baseline(tmp_path):
     """A run without ``sb3`` (e.g. ``pdqn-1 mp-2``) has no ratios to plot: only returns.png."""
-    from sb3_parallel_dqn.zoo.benchmark import write_plots
+    from sb3_parallel_dqn.bench.benchmark import write_plots
 
     results = {"pdqn-1": [{"curve": [[1000, 1.0, 20.0], [2000, 2.0, 480.0]]}], "mp-2": [{"curve": [[1000, 0.6, 30.0]]}]}
     assert write_plots(results, 475.0, "CartPole-v1", tmp_path) == [tmp_path / "returns.png"]
@@ -201,7 +201,7 @@ def test_no_speedup_plot_without_the_sb3_baseline(tmp_path):
 def test_time_to_sb3s_final_return_and_reused_results(tmp_path):
     """--threshold sb3 (workers run without one; the driver takes SB3's median final return) and --reuse (only a
     result made by exactly the same worker command)."""
-    from sb3_parallel_dqn.zoo.benchmark import resolve_threshold, reusable_result, seconds_to
+    from sb3_parallel_dqn.bench.benchmark import resolve_threshold, reusable_result, seconds_to
 
     assert resolve_threshold("sb3", "CartPole-v1") == math.inf and resolve_threshold(None, "CartPole-v1") == 475.0
     curve = [(1000, 1.0, 5.0), (2000, 2.0, 9.0), (3000, 3.0, 7.0), (4000, 4.0, 9.5), (5000, 5.0, 9.1)]

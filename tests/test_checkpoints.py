@@ -11,7 +11,8 @@ from conftest import MPI_SCRIPTS, run_mpi, run_python
 from stable_baselines3.common.save_util import save_to_zip_file
 
 from sb3_parallel_dqn import ParallelDQN
-from sb3_parallel_dqn.checkpoints import (
+from sb3_parallel_dqn.distributed import comm
+from sb3_parallel_dqn.io.checkpoints import (
     ParallelCheckpointCallback,
     atomic_path,
     list_checkpoints,
@@ -21,7 +22,6 @@ from sb3_parallel_dqn.checkpoints import (
     saved_shards,
     vecnormalize_path,
 )
-from sb3_parallel_dqn.distributed import comm
 
 KWARGS = dict(
     learning_starts=100, train_freq=16, gradient_steps=4, target_update_interval=50, batch_size=16,

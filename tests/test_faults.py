@@ -18,7 +18,7 @@ import torch as th
 from conftest import MPI_SCRIPTS, REPO_DIR, check_ok, mpirun_path, run_main, run_mpi, run_python
 
 from sb3_parallel_dqn import ParallelDQN, UnsupportedSpaceError, stop_on_signals
-from sb3_parallel_dqn.checkpoints import list_checkpoints
+from sb3_parallel_dqn.io.checkpoints import list_checkpoints
 from sb3_parallel_dqn.train import main as train_main
 from sb3_parallel_dqn.zoo.hyperparams import ConfigError
 

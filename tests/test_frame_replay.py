@@ -20,7 +20,7 @@ from stable_baselines3.common.buffers import NStepReplayBuffer, ReplayBuffer
 from stable_baselines3.common.vec_env import DummyVecEnv, VecFrameStack
 
 from sb3_parallel_dqn import FrameReplayBuffer, ParallelDQN, PrioritizedFrameReplayBuffer, PrioritizedReplayBuffer
-from sb3_parallel_dqn.memory import replay_buffer_nbytes
+from sb3_parallel_dqn.buffers.memory import replay_buffer_nbytes
 
 
 class FrameEnv(gym.Env):

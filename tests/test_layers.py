@@ -29,6 +29,8 @@ def module_name(path: Path) -> str:
 def layer(name: str) -> str:
     if name.startswith("sb3_parallel_dqn.zoo"):
         return "zoo"
+    if name.startswith("sb3_parallel_dqn.bench"):
+        return "bench"
     if name.split(".")[1:2] and name.split(".")[1] in COMMAND_LINES:
         return "command line"
     return "core"
@@ -76,7 +78,7 @@ def test_imports_point_down_only(name):
     for line, imported in imports(MODULES[name]):
         top = imported.split(".")[0]
         if top == "sb3_parallel_dqn" and imported in MODULES:
-            below = {"core": {"core"}, "zoo": {"core", "zoo"}}[own]
+            below = {"core": {"core"}, "zoo": {"core", "zoo"}, "bench": {"core", "zoo", "bench"}}[own]
             assert layer(imported) in below, f"{name} (line {line}, {own}) imports {imported} ({layer(imported)})"
         if own == "core":
             assert top not in CONFIG_LIBRARIES, f"{name} (line {line}) imports {imported}: a config-layer library"

@@ -15,8 +15,8 @@ from stable_baselines3.common.buffers import NStepReplayBuffer, ReplayBuffer
 from stable_baselines3.common.save_util import load_from_pkl, save_to_pkl
 
 from sb3_parallel_dqn import FrameReplayBuffer, ParallelDQN, PrioritizedReplayBuffer
-from sb3_parallel_dqn.checkpoints import pickled_class
-from sb3_parallel_dqn.prioritized_replay import check_class_convertible, fit_loaded_buffer
+from sb3_parallel_dqn.buffers.prioritized import check_class_convertible, fit_loaded_buffer
+from sb3_parallel_dqn.io.checkpoints import pickled_class
 from sb3_parallel_dqn.train import main as train_main
 from sb3_parallel_dqn.validation import ConfigError
 
@@ -198,7 +198,7 @@ def test_item3_train_refuses_an_unconvertible_saved_buffer_before_the_run_folder
     run_dir = tmp_path / "parallel_dqn" / "CartPole-v1_1"
     image = spaces.Box(0, 255, (4, 8, 8), np.uint8)
     save_to_pkl(run_dir / "replay_buffer.pkl", FrameReplayBuffer(64, image, spaces.Discrete(2), device="cpu"))
-    assert pickled_class(run_dir / "replay_buffer.pkl") == ("sb3_parallel_dqn.frame_replay", "FrameReplayBuffer")
+    assert pickled_class(run_dir / "replay_buffer.pkl") == ("sb3_parallel_dqn.buffers.frame", "FrameReplayBuffer")
     refused = run_main(train_main, [*common, "-n", "64", "-i", run_dir / "CartPole-v1.zip",
                                     "-params", "replay_buffer_class:PrioritizedReplayBuffer"])  # fmt: skip
     assert refused.returncode == 2, refused.stdout + refused.stderr

@@ -1,5 +1,5 @@
 """
-Weights-only loading (``sb3_parallel_dqn.safe_load``): only ``policy.pth`` is read, with ``weights_only=True``.
+Weights-only loading (``sb3_parallel_dqn.io.safe_load``): only ``policy.pth`` is read, with ``weights_only=True``.
 
 The malicious payloads here are live: each test also shows that the ordinary path (``pickle.loads``, ``torch.load``
 without ``weights_only``, ``ParallelDQN.load`` for the ``data`` member) does create the marker file, so that a test
@@ -18,7 +18,7 @@ import pytest
 import torch as th
 
 from sb3_parallel_dqn import ParallelDQN
-from sb3_parallel_dqn.safe_load import (
+from sb3_parallel_dqn.io.safe_load import (
     ModelFileError,
     UnsafeModelFileError,
     load_weights_only,

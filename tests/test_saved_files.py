@@ -12,7 +12,7 @@ from stable_baselines3 import DQN
 from stable_baselines3.common.save_util import load_from_pkl
 
 from sb3_parallel_dqn import ParallelDQN, PrioritizedReplayBuffer
-from sb3_parallel_dqn.checkpoints import pickled_class
+from sb3_parallel_dqn.io.checkpoints import pickled_class
 
 SAVED = Path(__file__).parent / "data" / "saved_0.1.0a0"
 
@@ -55,3 +55,10 @@ def test_a_frame_replay_buffer_of_0_1_0a0_loads(name):
     np.testing.assert_array_equal(observations[1:, :3], observations[:-1, 1:])
     np.testing.assert_array_equal(next_observations[:, :3], observations[:, 1:])
     np.testing.assert_array_equal(batch.rewards.numpy().ravel(), np.arange(25, dtype=np.float32))
+
+
+def test_a_shard_of_0_1_0a0_is_its_class_when_resuming():
+    """train -i checks the saved shard's class by name before loading: the old module path is the same class."""
+    from sb3_parallel_dqn.buffers.prioritized import check_class_convertible
+
+    check_class_convertible(pickled_class(SAVED / "prioritized_replay.pkl"), PrioritizedReplayBuffer, "a 0.1.0a0 shard")

@@ -103,7 +103,7 @@ def write_runs(folder, threshold, runs_by_config):
 
 
 def test_scaling_report_steps_to_p1_and_projection(tmp_path):
-    from sb3_parallel_dqn.zoo.scaling_report import projected_seconds, scaling_rows, scaling_table, steps_to_p1
+    from sb3_parallel_dqn.bench.scaling_report import projected_seconds, scaling_rows, scaling_table, steps_to_p1
 
     # P1: the second of the first two evaluations in a row at the threshold
     assert steps_to_p1([(1000, 1.0, 500.0), (2000, 2.0, 100.0), (3000, 3.0, 480.0), (4000, 4.0, 475.0)], 475) == 4000

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from sb3_parallel_dqn.sum_tree import SumTree
+from sb3_parallel_dqn.buffers.sum_tree import SumTree
 
 
 def _chi_square_critical(degrees: int, z: float = 3.719) -> float:

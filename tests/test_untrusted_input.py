@@ -17,9 +17,10 @@ import pytest
 import stable_baselines3 as sb3
 from conftest import check_ok, run_main, run_mpi, run_python
 
-from sb3_parallel_dqn import ParallelDQN, safe_load
+from sb3_parallel_dqn import ParallelDQN
 from sb3_parallel_dqn.evaluate import main as evaluate_main
-from sb3_parallel_dqn.safe_load import ModelFileError, read_policy_state_dict
+from sb3_parallel_dqn.io import safe_load
+from sb3_parallel_dqn.io.safe_load import ModelFileError, read_policy_state_dict
 from sb3_parallel_dqn.train import main as train_main
 from sb3_parallel_dqn.validation import ConfigError
 from sb3_parallel_dqn.zoo.hyperparams import class_entries, load_hyperparams
@@ -177,7 +178,7 @@ def test_item4_policy_member_size_is_bounded(run, tmp_path, monkeypatch):
     # the command line reports it as a bad input (a full load trusts the file, and does not bound it)
     one_error_line(run_main(evaluate_main, ["--model", bomb, "-n", "1", "--weights-only"]), "over the limit of 1048576")
     monkeypatch.setattr(safe_load, "MAX_POLICY_BYTES", 100)  # read at each call: a limit below a real model's
-    with pytest.raises(ModelFileError, match=r"over the limit of 100 \(sb3_parallel_dqn.safe_load.MAX_POLICY_BYTES"):
+    with pytest.raises(ModelFileError, match=r"over the limit of 100 \(sb3_parallel_dqn.io.safe_load.MAX_POLICY_BYTES"):
         read_policy_state_dict(model_path)
 
 

@@ -38,7 +38,7 @@ from stable_baselines3.common.vec_env import (
 )
 
 from sb3_parallel_dqn import ParallelDQN, make_parallel_vec_env
-from sb3_parallel_dqn.checkpoints import save_vecnormalize
+from sb3_parallel_dqn.io.checkpoints import save_vecnormalize
 from sb3_parallel_dqn.zoo.envs import (
     EnvWrappers,
     make_callbacks,

@@ -31,13 +31,13 @@ import torch as th
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 
 from sb3_parallel_dqn import compat
+from sb3_parallel_dqn.buffers.prioritized import PrioritizedReplayBuffer
 from sb3_parallel_dqn.distributed import comm
 from sb3_parallel_dqn.distributed.mesh import Mesh
 from sb3_parallel_dqn.engine import model_parallel
 from sb3_parallel_dqn.engine.q_forward import QForward, q_forward
 from sb3_parallel_dqn.engine.sampling import sample_batches
 from sb3_parallel_dqn.losses import check_finite, td_loss
-from sb3_parallel_dqn.prioritized_replay import PrioritizedReplayBuffer
 from sb3_parallel_dqn.updates import Update, make_update
 
 if TYPE_CHECKING:

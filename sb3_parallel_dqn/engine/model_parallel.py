@@ -22,6 +22,7 @@ import numpy as np
 import torch as th
 
 from sb3_parallel_dqn import compat
+from sb3_parallel_dqn.buffers.memory import replay_buffer_nbytes
 from sb3_parallel_dqn.distributed import comm, mesh
 from sb3_parallel_dqn.distributed.gradients import check_synced
 from sb3_parallel_dqn.distributed.lockstep import LockstepError
@@ -31,7 +32,6 @@ from sb3_parallel_dqn.distributed.tensor_parallel import (
     shard_rule,
     sharded_modules,
 )
-from sb3_parallel_dqn.memory import replay_buffer_nbytes
 
 if TYPE_CHECKING:
     from stable_baselines3 import DQN

@@ -8,8 +8,8 @@ from pathlib import Path
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 
 from sb3_parallel_dqn.callbacks import ParallelEvalCallback
-from sb3_parallel_dqn.checkpoints import ParallelCheckpointCallback, save_vecnormalize, vecnormalize_path
 from sb3_parallel_dqn.distributed import comm, lockstep, mesh
+from sb3_parallel_dqn.io.checkpoints import ParallelCheckpointCallback, save_vecnormalize, vecnormalize_path
 from sb3_parallel_dqn.zoo.envs import EnvSettings, make_callbacks, make_eval_env
 
 # Evaluation envs are seeded far away from the training seeds (seed + rank * n_envs + i).

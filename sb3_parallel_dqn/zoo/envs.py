@@ -47,9 +47,9 @@ from stable_baselines3.common.vec_env import (
     is_vecenv_wrapped,
 )
 
+from sb3_parallel_dqn.buffers.frame import FrameReplayBuffer
 from sb3_parallel_dqn.distributed import comm
 from sb3_parallel_dqn.envs import make_parallel_vec_env, register_env_packages
-from sb3_parallel_dqn.frame_replay import FrameReplayBuffer
 from sb3_parallel_dqn.scaling import scale_to_world
 from sb3_parallel_dqn.validation import ConfigError
 from sb3_parallel_dqn.zoo.hyperparams import class_entries
@@ -313,8 +313,8 @@ def wrap_vec_env(
     ``VecTransposeImage``, in this order (``ExperimentManager.create_envs``).
 
     ``VecNormalize`` is loaded from ``vecnormalize_path`` when that file exists (statistics and settings saved by
-    :func:`sb3_parallel_dqn.checkpoints.save_vecnormalize`), as the zoo does whatever ``normalize`` says; else it is made from
-    ``settings.normalize_kwargs``. In an eval env it neither updates its statistics nor normalises rewards; they
+    :func:`sb3_parallel_dqn.io.checkpoints.save_vecnormalize`), as the zoo does whatever ``normalize`` says; else it
+    is made from ``settings.normalize_kwargs``. In an eval env it neither updates its statistics nor normalises rewards; they
     follow the training env's statistics only when loaded or synchronised (``EvalCallback`` does that).
 
     :param env: the envs with their per-env wrappers
@@ -371,7 +371,7 @@ def make_train_env(
 
     Under MPI every rank normalises with its own running ``VecNormalize`` statistics: all ranks' envs are i.i.d.
     copies of the same env, so the statistics agree up to sampling noise, and rank 0's are the ones saved by
-    :func:`sb3_parallel_dqn.checkpoints.save_vecnormalize` and used for evaluation.
+    :func:`sb3_parallel_dqn.io.checkpoints.save_vecnormalize` and used for evaluation.
 
     :param env_id: the env id
     :param settings: from :func:`split_hyperparams`

@@ -14,9 +14,9 @@ from pathlib import Path
 import gymnasium as gym
 from stable_baselines3.common.vec_env import VecEnv
 
-from sb3_parallel_dqn.checkpoints import vecnormalize_path
+from sb3_parallel_dqn.io.checkpoints import vecnormalize_path
+from sb3_parallel_dqn.io.safe_load import ModelFileError, check_dqn_state_dict, read_policy_state_dict
 from sb3_parallel_dqn.parallel_dqn import ParallelDQN
-from sb3_parallel_dqn.safe_load import ModelFileError, check_dqn_state_dict, read_policy_state_dict
 from sb3_parallel_dqn.validation import ConfigError
 from sb3_parallel_dqn.zoo.envs import make_eval_env, named_classes, register_optional_envs, split_hyperparams
 from sb3_parallel_dqn.zoo.hyperparams import DEFAULT_CONF_FILE, load_hyperparams

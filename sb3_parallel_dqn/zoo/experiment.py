@@ -31,7 +31,11 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from sb3_parallel_dqn import compat
-from sb3_parallel_dqn.checkpoints import (
+from sb3_parallel_dqn.buffers.prioritized import check_class_convertible
+from sb3_parallel_dqn.distributed import comm, lockstep, mesh
+from sb3_parallel_dqn.env_names import env_file_name
+from sb3_parallel_dqn.interrupt import stop_on_signals
+from sb3_parallel_dqn.io.checkpoints import (
     pickled_class,
     replay_buffer_path,
     replay_buffer_shards,
@@ -40,12 +44,8 @@ from sb3_parallel_dqn.checkpoints import (
     shard_for_rank,
     vecnormalize_path,
 )
-from sb3_parallel_dqn.distributed import comm, lockstep, mesh
-from sb3_parallel_dqn.env_names import env_file_name
-from sb3_parallel_dqn.interrupt import stop_on_signals
+from sb3_parallel_dqn.io.safe_load import ModelFileError, check_dqn_state_dict, check_pickle_complete, read_policy_state_dict
 from sb3_parallel_dqn.parallel_dqn import ParallelDQN
-from sb3_parallel_dqn.prioritized_replay import check_class_convertible
-from sb3_parallel_dqn.safe_load import ModelFileError, check_dqn_state_dict, check_pickle_complete, read_policy_state_dict
 from sb3_parallel_dqn.validation import ConfigError, UnsupportedSpaceError, check_action_space
 from sb3_parallel_dqn.zoo import ALGO
 from sb3_parallel_dqn.zoo.callbacks import EVAL_SEED_OFFSET, make_run_callbacks

@@ -37,9 +37,9 @@ from stable_baselines3.common.utils import LinearSchedule
 from stable_baselines3.common.vec_env import VecNormalize
 
 from sb3_parallel_dqn import validation
-from sb3_parallel_dqn.frame_replay import FrameReplayBuffer, PrioritizedFrameReplayBuffer
+from sb3_parallel_dqn.buffers.frame import FrameReplayBuffer, PrioritizedFrameReplayBuffer
+from sb3_parallel_dqn.buffers.prioritized import PrioritizedReplayBuffer
 from sb3_parallel_dqn.policies import MinAtarCNN
-from sb3_parallel_dqn.prioritized_replay import PrioritizedReplayBuffer
 from sb3_parallel_dqn.scaling import SCALING_MODES
 from sb3_parallel_dqn.validation import ConfigError
 
@@ -65,9 +65,9 @@ def _allowed_names() -> dict[str, object]:
     for buffer_class in (ReplayBuffer, DictReplayBuffer, NStepReplayBuffer):
         names[buffer_class.__name__] = buffer_class
         names[f"stable_baselines3.common.buffers.{buffer_class.__name__}"] = buffer_class
-    for spelling in ("", "sb3_parallel_dqn.", "sb3_parallel_dqn.prioritized_replay."):
+    for spelling in ("", "sb3_parallel_dqn.", "sb3_parallel_dqn.buffers.prioritized."):
         names[f"{spelling}PrioritizedReplayBuffer"] = PrioritizedReplayBuffer
-    for spelling in ("", "sb3_parallel_dqn.", "sb3_parallel_dqn.frame_replay."):
+    for spelling in ("", "sb3_parallel_dqn.", "sb3_parallel_dqn.buffers.frame."):
         names[f"{spelling}FrameReplayBuffer"] = FrameReplayBuffer
         names[f"{spelling}PrioritizedFrameReplayBuffer"] = PrioritizedFrameReplayBuffer
     # ``policy_kwargs: "dict(features_extractor_class=NatureCNN)"``.

@@ -57,10 +57,10 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from sb3_parallel_dqn.callbacks import GlobalProgressBarCallback
-from sb3_parallel_dqn.checkpoints import save_vecnormalize
 from sb3_parallel_dqn.distributed import comm, lockstep, mesh
 from sb3_parallel_dqn.distributed.devices import set_torch_threads
 from sb3_parallel_dqn.envs import make_parallel_vec_env, register_env_packages
+from sb3_parallel_dqn.io.checkpoints import save_vecnormalize
 from sb3_parallel_dqn.parallel_dqn import ParallelDQN
 from sb3_parallel_dqn.scaling import scale_to_world
 from sb3_parallel_dqn.zoo import ALGO

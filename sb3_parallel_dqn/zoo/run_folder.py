@@ -2,7 +2,7 @@
 Run folders in rl-baselines3-zoo's layout: ``<log folder>/parallel_dqn/<env>_<id>[_<uuid>]/``.
 
 A run folder holds the final model ``<env>.zip``, ``best_model.zip`` and ``evaluations.npz`` (periodic evaluation),
-checkpoints ``rl_model_<N>_steps.zip`` (see :mod:`sb3_parallel_dqn.checkpoints`), one monitor file per env of
+checkpoints ``rl_model_<N>_steps.zip`` (see :mod:`sb3_parallel_dqn.io.checkpoints`), one monitor file per env of
 each rank ``<rank>.<env index>.monitor.csv``, ``command.txt`` (the command, with the world size) and
 ``<env>/``: ``config.yml`` (the hyperparameters used), ``args.yml`` (the script's arguments) and
 ``vecnormalize.pkl`` when the envs are normalized. ``<env>`` is the env id with ``/`` as ``-``, as in the zoo
@@ -21,8 +21,8 @@ from typing import Any
 
 import yaml
 
-from sb3_parallel_dqn.checkpoints import list_checkpoints
 from sb3_parallel_dqn.env_names import env_file_name
+from sb3_parallel_dqn.io.checkpoints import list_checkpoints
 from sb3_parallel_dqn.zoo import ALGO
 
 

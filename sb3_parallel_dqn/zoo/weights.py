@@ -1,6 +1,6 @@
 """
 Weights-only loading from a zoo config entry: the model and its evaluation env are built as ``train`` built them,
-and only the file's tensors are read (see :mod:`sb3_parallel_dqn.safe_load`).
+and only the file's tensors are read (see :mod:`sb3_parallel_dqn.io.safe_load`).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import torch as th
 from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_parallel_dqn.distributed import comm
+from sb3_parallel_dqn.io.safe_load import build_with_weights, check_dqn_state_dict, read_policy_state_dict
 from sb3_parallel_dqn.parallel_dqn import ParallelDQN
-from sb3_parallel_dqn.safe_load import build_with_weights, check_dqn_state_dict, read_policy_state_dict
 from sb3_parallel_dqn.validation import ConfigError
 from sb3_parallel_dqn.zoo.envs import make_eval_env, split_hyperparams
 from sb3_parallel_dqn.zoo.hyperparams import load_entry
@@ -32,7 +32,7 @@ def load_weights_only_from_config(
 ) -> tuple[ParallelDQN, VecEnv]:
     """
     Build the model and its evaluation env from a zoo config entry, as ``train`` built them, and load a model file's
-    weights into the model, reading only ``policy.pth`` (see :func:`sb3_parallel_dqn.safe_load.load_weights_only`).
+    weights into the model, reading only ``policy.pth`` (see :func:`sb3_parallel_dqn.io.safe_load.load_weights_only`).
 
     The config is read by :func:`sb3_parallel_dqn.zoo.hyperparams.load_entry` (no ``eval``); its ``policy``,
     ``policy_kwargs``, ``env_kwargs`` and wrappers give the architecture and the env. A run folder's
@@ -58,7 +58,7 @@ def load_weights_only_from_config(
     :raises ConfigError: for a bad config, or an entry with ``normalize`` but no ``vecnormalize_path``: fresh
         statistics would silently feed the policy observations it was not trained on
     :raises FileNotFoundError: when ``path`` does not exist
-    :raises ModelFileError: see :func:`sb3_parallel_dqn.safe_load.load_weights_only`
+    :raises ModelFileError: see :func:`sb3_parallel_dqn.io.safe_load.load_weights_only`
     """
     entry = load_entry(env_id, conf_file, overrides)
     refused = (os.path.dirname(os.path.abspath(path)),) if refuse_imports_from is None else refuse_imports_from

@@ -18,8 +18,8 @@ import gymnasium as gym
 from stable_baselines3.common.callbacks import BaseCallback
 
 from sb3_parallel_dqn import ParallelDQN
-from sb3_parallel_dqn.checkpoints import ParallelCheckpointCallback
 from sb3_parallel_dqn.distributed import comm
+from sb3_parallel_dqn.io.checkpoints import ParallelCheckpointCallback
 
 FAULT_STEP = 1200  # env steps of rank 1 (2 ranks: ~2400 global steps, after 9 checkpoints)
 

@@ -77,7 +77,7 @@ elif MODE == "timeout":
     model.learn(200)
 elif MODE == "slow_save_then_exit":
     # Healthy: SB3's last line, model.save(path) on every rank, with a slow write; rank 0's script ends right after.
-    from sb3_parallel_dqn.checkpoints import write_on_root
+    from sb3_parallel_dqn.io.checkpoints import write_on_root
 
     def slow_write(target: object) -> None:
         time.sleep(4.5)

@@ -13,8 +13,8 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.utils import LinearSchedule
 
 from sb3_parallel_dqn import ParallelDQN
-from sb3_parallel_dqn.checkpoints import ParallelCheckpointCallback
 from sb3_parallel_dqn.distributed import comm
+from sb3_parallel_dqn.io.checkpoints import ParallelCheckpointCallback
 
 
 class StopOnRankOne(BaseCallback):

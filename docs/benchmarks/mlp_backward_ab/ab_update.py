@@ -21,8 +21,8 @@ import torch as th
 
 import sb3_parallel_dqn
 from sb3_parallel_dqn import ParallelDQN
+from sb3_parallel_dqn.buffers.prioritized import PrioritizedReplayBuffer
 from sb3_parallel_dqn.distributed import comm
-from sb3_parallel_dqn.prioritized_replay import PrioritizedReplayBuffer
 
 th.set_num_threads(1)
 ENV = sys.argv[1]

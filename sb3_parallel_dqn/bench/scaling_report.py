@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from sb3_parallel_dqn.zoo.benchmark import stable_solve
+from sb3_parallel_dqn.bench.benchmark import stable_solve
 
 
 def steps_to_p1(curve: list[tuple[int, float, float]], threshold: float) -> int | None:

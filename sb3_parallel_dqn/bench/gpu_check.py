@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def mpirun(n_procs: int, *args: str, env: dict[str, str] | None = None, timeout: float = 900) -> str:
-    """Run ``mpirun -np n_procs python -m sb3_parallel_dqn.zoo.gpu_check <args>``; its stdout (raise on failure)."""
+    """Run ``mpirun -np n_procs python -m sb3_parallel_dqn.bench.gpu_check <args>``; its stdout (raise on failure)."""
     command = [str(Path(sys.executable).parent / "mpirun"), "-np", str(n_procs), sys.executable, "-m", __name__, *args]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
     if proc.returncode != 0:

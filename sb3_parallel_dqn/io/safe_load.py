@@ -47,7 +47,7 @@ POLICY_MEMBER = "policy.pth"
 #: The largest ``policy.pth`` read, in bytes once decompressed: 1 GiB, some 130 million float32 parameters for the
 #: Q-network and its target together (the NatureCNN policy of an Atari model takes 13 MB). A file whose ``policy.pth``
 #: is larger is refused before any of it is decompressed, so that a small crafted zip (a "zip bomb") cannot fill the
-#: memory. It is read when a file is read: set ``sb3_parallel_dqn.safe_load.MAX_POLICY_BYTES`` higher for a larger
+#: memory. It is read when a file is read: set ``sb3_parallel_dqn.io.safe_load.MAX_POLICY_BYTES`` higher for a larger
 #: model you trust. (The command lines' checks of a file they then load in full, which trusts it, pass no bound.)
 MAX_POLICY_BYTES = 1 << 30
 
@@ -222,7 +222,7 @@ def _read_member(path: str, name: str, max_bytes: int) -> bytes:
             if size > max_bytes:
                 raise ModelFileError(
                     f"{path}: {name} is {size} bytes once decompressed, over the limit of {max_bytes} "
-                    "(sb3_parallel_dqn.safe_load.MAX_POLICY_BYTES; raise it for a larger model you trust)"
+                    "(sb3_parallel_dqn.io.safe_load.MAX_POLICY_BYTES; raise it for a larger model you trust)"
                 )
             # read() checks the member's CRC, so a damaged member is an error here rather than odd tensors later.
             payload = archive.read(name) if name in names else None

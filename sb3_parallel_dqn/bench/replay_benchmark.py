@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sb3_parallel_dqn.memory import replay_buffer_nbytes
+from sb3_parallel_dqn.buffers.memory import replay_buffer_nbytes
 
 
 def stacked_transitions(n: int, seed: int = 0, stack: int = 4, size: int = 84):
@@ -46,8 +46,8 @@ def run_replay(args: argparse.Namespace) -> int:
     from gymnasium import spaces
     from stable_baselines3.common.buffers import ReplayBuffer
 
-    from sb3_parallel_dqn.frame_replay import FrameReplayBuffer
-    from sb3_parallel_dqn.zoo.benchmark import library_versions, machine_line, system_info
+    from sb3_parallel_dqn.bench.benchmark import library_versions, machine_line, system_info
+    from sb3_parallel_dqn.buffers.frame import FrameReplayBuffer
 
     th.set_num_threads(1)
     space, actions = spaces.Box(0, 255, (4, 84, 84), np.uint8), spaces.Discrete(6)
