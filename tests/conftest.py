@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import json
 import os
 import shutil
 import signal
@@ -76,6 +77,34 @@ def check_ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess
         f"exit code {result.returncode}: {' '.join(result.args)}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
     )
     return result
+
+
+def rank_reports(folder: Path | str, name: str, n_ranks: int) -> list[dict]:
+    """
+    The reports that ranks 0 to n_ranks - 1 wrote with mpi_scripts/report.py (``FOLDER/<name>_rank<r>.json``), in
+    rank order; fails naming every rank whose report is missing.
+    """
+    paths = [Path(folder) / f"{name}_rank{rank}.json" for rank in range(n_ranks)]
+    missing = [rank for rank, path in enumerate(paths) if not path.exists()]
+    assert not missing, (
+        f"no {name!r} report from rank(s) {missing} in {folder}: {sorted(p.name for p in Path(folder).iterdir())}"
+    )
+    return [json.loads(path.read_text()) for path in paths]
+
+
+def reports_present(folder: Path | str, name: str) -> dict[int, dict]:
+    """The ``name`` reports that some ranks wrote (a job that ends on a fault leaves only some), by rank."""
+    paths = Path(folder).glob(f"{name}_rank*.json")
+    return {int(path.stem.rsplit("_rank", 1)[1]): json.loads(path.read_text()) for path in paths}
+
+
+def assert_holds(properties: dict[str, bool], details: object = "") -> None:
+    """
+    Every named property holds. A failure lists all those that do not, not only the first, followed by ``details``
+    (the values they were computed from, the job's output).
+    """
+    failed = [name for name, holds in properties.items() if not holds]
+    assert not failed, f"{len(failed)} of {len(properties)} properties do not hold: {failed}\n{details}"
 
 
 def run_main(main: Callable[[list[str]], int], args: list) -> subprocess.CompletedProcess:

@@ -4,11 +4,9 @@ Model parallelism (tensor-parallel Q-networks) and the sharded optimizer (ZeRO-1
 What each section does: tests/mpi_scripts/model_parallel_scenario.py.
 """
 
-import json
-
 import numpy as np
 import pytest
-from conftest import MPI_SCRIPTS, REPO_DIR, check_ok, run_main, run_mpi
+from conftest import MPI_SCRIPTS, REPO_DIR, assert_holds, check_ok, rank_reports, run_main, run_mpi
 from stable_baselines3 import DQN
 
 from sb3_parallel_dqn import ParallelDQN
@@ -23,15 +21,37 @@ SAME_DATA_TOLERANCE = 1e-4
 # The sharded optimizer: bit-identical to plain data parallelism on two data-parallel ranks without clipping; else
 # the gradient sums (more ranks) or the clip coefficient (clipping) can differ in their last bits.
 ZERO_TOLERANCE = 1e-5
+# Sharded forward and backward against the whole network (tensor_parallel_exactness.py): the largest relative error.
+EXACTNESS_TOLERANCE = {"float64": 1e-10, "float32": 1e-5}
+SECTIONS = ["exactness", "same_data", "zero", "learn", "mesh_error"]
 
 
 def run_scenario(tmp_path_factory, n_procs):
     out_dir = tmp_path_factory.mktemp(f"model_parallel_{n_procs}")
-    result = check_ok(run_mpi([str(MPI_SCRIPTS / "model_parallel_scenario.py"), str(out_dir)], n_procs=n_procs, timeout=600))
-    sections = ("exactness", "same_data", "zero", "learn", "mesh_error")
-    for section in sections:
-        assert result.stdout.count(f"SECTION {section} DONE") == n_procs, result.stdout + result.stderr
-    return [json.loads((out_dir / f"results_rank{rank}.json").read_text()) for rank in range(n_procs)]
+    check_ok(run_mpi([str(MPI_SCRIPTS / "model_parallel_scenario.py"), str(out_dir)], n_procs=n_procs, timeout=600))
+    assert [report["done"] for report in rank_reports(out_dir, "sections", n_procs)] == [SECTIONS] * n_procs
+    return rank_reports(out_dir, "results", n_procs)
+
+
+def assert_shards_equal_the_whole_network(ranks_results: list[dict]) -> None:
+    """Every case (MLP even/odd/uneven, dueling, CNN) in float64 and float32, on every rank of one model group."""
+    properties = {}
+    for rank, results in enumerate(ranks_results):
+        exactness = results["exactness"]
+        properties[f"rank {rank} checked 7 cases x 2 dtypes"] = len(exactness) == 14
+        for case in exactness:
+            name = f"rank {rank} {case['case']} {case['dtype']}"
+            properties |= {
+                f"{name}: at least 2 layers split": case["n_split"] >= 2,
+                f"{name}: every gradient has its slice's shape": not case["grad_shape_mismatches"],
+                f"{name}: outputs and gradients within tolerance": (
+                    case["largest_relative_error"] <= EXACTNESS_TOLERANCE[case["dtype"]]
+                ),
+                f"{name}: a whole state dict loads into the shards": not case["whole_loads_into_shards_not_equal"],
+                f"{name}: the gathered state dict has the whole network's keys": case["gathered_keys_equal"],
+                f"{name}: the gathered state dict is the whole network's": not case["gathered_not_equal"],
+            }
+    assert_holds(properties, [results["exactness"] for results in ranks_results])
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +60,7 @@ def two_ranks(tmp_path_factory):
 
 
 def test_sharded_forward_and_backward_equal_the_whole_network(two_ranks):
-    """Checked inside the job for every case (MLP even/odd/uneven, dueling, CNN), float64 and float32: it ran."""
-    assert len(two_ranks) == 2
+    assert_shards_equal_the_whole_network(two_ranks)
 
 
 def test_split_training_equals_the_whole_model_on_the_same_data(two_ranks):
@@ -85,7 +104,9 @@ def test_a_size_that_does_not_divide_the_job_is_refused(two_ranks):
 @pytest.mark.slow
 def test_a_two_by_two_mesh(tmp_path_factory):
     """4 ranks: 2 replicas of 2 shards, with the sharded optimizer across the replicas."""
-    for results in run_scenario(tmp_path_factory, 4):
+    four_ranks = run_scenario(tmp_path_factory, 4)
+    assert_shards_equal_the_whole_network(four_ranks)  # one model group of 4 ranks
+    for results in four_ranks:
         assert 0 < results["same_data_relative_difference"] <= SAME_DATA_TOLERANCE
         assert results["zero_mp_no_clip_bit_identical"]  # 2 data-parallel ranks per shard
         assert results["zero_no_clip_relative_difference"] <= ZERO_TOLERANCE  # 4 data-parallel ranks: sums in another order

@@ -1,16 +1,16 @@
 """
 Data-parallel behaviour under a real ``mpirun -np 2``. Most properties come from one scenario job
 (mpi_scripts/training_scenario.py, one section per property group) that the tests below read; a few need a job of
-their own (their settings would break the others). Each job runs with a timeout, so a hang fails fast.
+their own (their settings would break the others). Each job runs with a timeout, so a hang fails fast. The jobs'
+scripts report what each rank measured as JSON values (mpi_scripts/report.py), which the tests compare here.
 """
 
-import json
 import multiprocessing
 
 import gymnasium as gym
 import numpy as np
 import pytest
-from conftest import MPI_SCRIPTS, check_ok, run_mpi
+from conftest import MPI_SCRIPTS, assert_holds, check_ok, rank_reports, run_mpi
 from stable_baselines3 import DQN
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
@@ -28,20 +28,54 @@ def scenario(tmp_path_factory):
     return out_dir, result.stdout
 
 
+SECTIONS = ["gradients", "train_sync", "prioritized", "stop", "load", "diverge"]
+# What every rank of lockstep_errors.py must be told, case by case: the setting, with each rank's value.
+LOCKSTEP_MESSAGES = {
+    "n_envs": "n_envs: [1, 2]",
+    "episodes": "counts episodes",
+    "buffer": "replay_buffer_class: ['ReplayBuffer', 'Prioritized",
+    "n_steps": "n_steps: [1, 3]",
+    "gradient_steps": "gradient_steps: [1, 2]",
+    "batch_size": "batch_size: [32, 64]",
+    "double_q": "double_q: [False, True]",
+    "shapes": "parameters: [[('q_net.q_net.0.weight', (16, 4)), ",
+    "budget": "total_timesteps: [1000, 1001]",
+}
+
+
 def section_infos(folder, name="info"):
-    return [json.loads((folder / f"{name}_rank{rank}.json").read_text()) for rank in (0, 1)]
+    return rank_reports(folder, name, 2)
 
 
 def test_every_section_ran_on_both_ranks(scenario):
-    _, stdout = scenario
-    for section in ("gradients", "train_sync", "prioritized", "stop", "load", "diverge"):
-        assert stdout.count(f"SECTION {section} DONE") == 2, stdout
+    out_dir, _ = scenario
+    assert [report["done"] for report in rank_reports(out_dir, "sections", 2)] == [SECTIONS, SECTIONS]
 
 
 def test_gradients_are_averaged_before_clipping(scenario):
-    """One step on per-rank halves == SB3's step on the concatenated batch, with and without clipping (rank 0 checks)."""
-    _, stdout = scenario
-    assert "max_grad_norm=1000000000.0: max |delta - ref|" in stdout and "max_grad_norm=0.05: max |delta - ref|" in stdout
+    """One step on per-rank halves == SB3's step on the concatenated batch, with and without clipping."""
+    out_dir, _ = scenario
+    reports = rank_reports(out_dir / "gradients", "gradients", 2)
+    properties, details = {}, {}
+    for max_grad_norm in ("1e+09", "0.05"):
+        key = f"max_grad_norm={max_grad_norm}"
+        ours, reference = reports[0][key], np.array(reports[0][key]["reference_delta"])
+        delta = np.array(ours["delta"])
+        properties |= {
+            f"{key}: SB3 starts from the same weights": ours["reference_starts_equal"],
+            f"{key}: the update is not trivially small": np.abs(reference).max() > 1e-3,
+            # as np.testing.assert_allclose(delta, reference, rtol=1e-5, atol=1e-6)
+            f"{key}: the weight change is SB3's": np.allclose(delta, reference, rtol=1e-5, atol=1e-6),
+            f"{key}: the loss is SB3's": abs(ours["loss"] - ours["reference_loss"]) < 1e-6,
+            f"{key}: the ranks hold the same weights after": reports[0][key]["weights_crc"] == reports[1][key]["weights_crc"],
+        }
+        details[key] = {
+            "max |delta - SB3's|": float(np.abs(delta - reference).max()),
+            "max |SB3's delta|": float(np.abs(reference).max()),
+            "losses (ours, SB3's)": (ours["loss"], ours["reference_loss"]),
+            "weight checksums by rank": [report[key]["weights_crc"] for report in reports],
+        }
+    assert_holds(properties, details)
 
 
 def test_subproc_workers_ranks_stay_identical(scenario):
@@ -123,14 +157,13 @@ def test_prioritized_replay_dueling_n_step_under_mpi(scenario):
 
 
 def test_callback_stopping_one_rank_stops_all(scenario):
-    out_dir, stdout = scenario
+    out_dir, _ = scenario
     folder = out_dir / "stop"
     infos = section_infos(folder, "stop")
     # rank 1 stopped after 140 of its steps, rank 0 at the end of that rollout (144): both count 284 global steps
     assert infos[0]["num_timesteps"] == infos[1]["num_timesteps"] == 284
     assert infos[0]["n_updates"] == infos[1]["n_updates"]
     assert infos[0]["num_timesteps_after_more"] == infos[1]["num_timesteps_after_more"] == 284 + 64
-    assert stdout.count("left learn()") == 2
     # Regression (issue 16): the ranks made 140 and 144 steps in the stopped rollout; progress (the learning rate),
     # exploration, the target-update counter and the target network (rank 0's step 143 updated it) must still agree,
     # so that a train() right after learn() keeps the weights identical.
@@ -151,31 +184,50 @@ def test_callback_stopping_one_rank_stops_all(scenario):
 
 
 def test_load_is_local_and_learn_syncs_every_rank_to_rank_zero(scenario):
-    _, stdout = scenario
-    assert "rank 0 loaded alone" in stdout
-    assert stdout.count("LOAD OK") == 2
+    out_dir, _ = scenario
+    reports = rank_reports(out_dir / "load", "load", 2)
+    properties = {
+        "rank 0 loaded and predicted alone": reports[0].get("loaded_alone") is True,
+        "the ranks hold the same weights after learn()": reports[0]["checksum"] == reports[1]["checksum"],
+        "the ranks hold the same Adam moments after learn()": reports[0]["adam_exp_avg"] == reports[1]["adam_exp_avg"],
+        "both ranks count 1000 steps": [report["num_timesteps"] for report in reports] == [1_000, 1_000],
+    }
+    assert_holds(properties, reports)
 
 
 def test_weight_drift_is_detected_and_names_the_rank(scenario):
-    _, stdout = scenario
-    # (both ranks print at once, so their lines may interleave: count substrings, not lines)
-    assert stdout.count("caught: Weights diverged") == 2, stdout
-    assert stdout.count("rank(s) [1] differ from rank 0") == 2
-    # the first check (every 25 updates) after the perturbation
-    assert stdout.count("after 75 gradient updates") == 2
+    out_dir, _ = scenario
+    caught = [report["caught"] for report in rank_reports(out_dir / "diverge", "diverge", 2)]
+    properties = {}
+    for rank, error in enumerate(caught):
+        message = (error or {}).get("message", "")
+        properties |= {
+            f"rank {rank} caught WeightsDivergedError": (error or {}).get("type") == "WeightsDivergedError",
+            f"rank {rank}: 'Weights diverged'": "Weights diverged" in message,
+            f"rank {rank}: names rank 1": "rank(s) [1] differ from rank 0" in message,
+            # the first check (every 25 updates) after the perturbation
+            f"rank {rank}: after 75 gradient updates": "after 75 gradient updates" in message,
+        }
+    assert_holds(properties, caught)
 
 
-def test_settings_that_break_lockstep_are_refused_on_every_rank():
+def test_settings_that_break_lockstep_are_refused_on_every_rank(tmp_path):
     """
     Regression (issue 12, item 6): every setting that changes the collectives or the model is compared, before any
     training collective. The launcher's local rank is hidden in this job: the constructor computes it, collectively.
     """
-    result = check_ok(run_mpi([str(MPI_SCRIPTS / "lockstep_errors.py")], timeout=120))
-    for name in ("n_envs", "episodes", "buffer", "n_steps", "gradient_steps", "batch_size", "double_q", "shapes", "budget"):
-        for rank in (0, 1):
-            assert f"rank {rank} refused {name}: OK" in result.stdout, result.stdout + result.stderr
-    for rank in (0, 1):  # device="auto" with 2 (pretended) GPUs: cuda:{local rank}
-        assert f"rank {rank} local None/{rank} -> cuda:{rank} / cpu" in result.stdout, result.stdout
+    check_ok(run_mpi([str(MPI_SCRIPTS / "lockstep_errors.py"), str(tmp_path)], timeout=120))
+    reports = rank_reports(tmp_path, "lockstep", 2)
+    properties = {}
+    for rank, report in enumerate(reports):
+        properties[f"rank {rank} tried every case"] = report["refused"].keys() == LOCKSTEP_MESSAGES.keys()
+        for name, expected in LOCKSTEP_MESSAGES.items():
+            message = report["refused"].get(name)
+            properties[f"rank {rank} refused {name}, saying {expected!r}"] = message is not None and expected in message
+        # device="auto" with 2 (pretended) GPUs: cuda:{local rank}, the local rank computed (the launcher's hidden)
+        expected_devices = {"published_local_rank": None, "local_rank": rank, "auto": f"cuda:{rank}", "cpu": "cpu"}
+        properties[f"rank {rank}'s devices: {expected_devices}"] = report["devices"] == expected_devices
+    assert_holds(properties, reports)
 
 
 @pytest.mark.slow  # 12 s
@@ -187,15 +239,24 @@ def test_users_own_subproc_vec_envs_and_a_lone_load(tmp_path):
     comes from the launcher, without a collective.
     """
     ParallelDQN("MlpPolicy", "CartPole-v1", policy_kwargs={"net_arch": [16]}).save(tmp_path / "model.zip")
-    result = check_ok(run_mpi([str(MPI_SCRIPTS / "user_vec_envs.py"), str(tmp_path / "model.zip")], timeout=120))
-    assert "rank 0 loaded alone on cpu: OK" in result.stdout, result.stdout + result.stderr
+    check_ok(run_mpi([str(MPI_SCRIPTS / "user_vec_envs.py"), str(tmp_path / "model.zip"), str(tmp_path)], timeout=120))
+    reports = rank_reports(tmp_path, "user_vec_envs", 2)
+    properties = {"rank 0 loaded alone on cpu": reports[0].get("lone_load_device") == "cpu"}
     # SB3's default start method is forkserver where available: the script then runs it once, as the default.
     default = "ForkServerProcess" if "forkserver" in multiprocessing.get_all_start_methods() else "SpawnProcess"
-    for start_method in (f"None ({default})", "spawn"):
-        for rank in (0, 1):
-            assert f"rank {rank} SubprocVecEnv start_method={start_method}: OK" in result.stdout, result.stdout + result.stderr
-    for rank in (0, 1):
-        assert f"rank {rank} local {rank}/{rank} -> cuda:{rank} / cpu" in result.stdout, result.stdout
+    expected_runs = [(None, default), ("spawn", "SpawnProcess")]
+    for rank, report in enumerate(reports):
+        runs = report["subproc_runs"]
+        ran = [(run["start_method"], run["process_class"]) for run in runs if run["start_method"] in (None, "spawn")]
+        properties[f"rank {rank} ran start methods {expected_runs}"] = ran == expected_runs
+        for run, other in zip(runs, reports[1 - rank]["subproc_runs"], strict=False):
+            name = f"rank {rank} SubprocVecEnv start_method={run['start_method']}"
+            properties[f"{name}: the ranks hold the same weights"] = run["checksum"] == other["checksum"]
+            properties[f"{name}: trained 300 steps"] = run["num_timesteps"] >= 300 and run["n_updates"] > 0
+        # the local rank as the launcher published it
+        expected_devices = {"published_local_rank": str(rank), "local_rank": rank, "auto": f"cuda:{rank}", "cpu": "cpu"}
+        properties[f"rank {rank}'s devices: {expected_devices}"] = report["devices"] == expected_devices
+    assert_holds(properties, reports)
 
 
 @pytest.mark.slow

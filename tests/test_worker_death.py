@@ -9,7 +9,7 @@ import time
 import gymnasium as gym
 import numpy as np
 import pytest
-from conftest import MPI_SCRIPTS, run_mpi
+from conftest import MPI_SCRIPTS, assert_holds, reports_present, run_mpi
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
 from sb3_parallel_dqn import make_parallel_vec_env
@@ -178,20 +178,24 @@ def test_subproc_vec_envs_resolve_to_the_reporting_class():
 
 
 @pytest.mark.slow
-def test_killed_worker_under_mpirun_ends_the_job_with_its_name():
-    result = run_mpi([str(MPI_SCRIPTS / "worker_death.py")], timeout=120)
+def test_killed_worker_under_mpirun_ends_the_job_with_its_name(tmp_path):
+    result = run_mpi([str(MPI_SCRIPTS / "worker_death.py"), str(tmp_path)], timeout=120)
     end = time.time()
-    output = f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    assert result.returncode != 0, output
-    killed = re.search(r"rank 1 killed env worker 1 \(pid (\d+)\) at ([\d.]+)", result.stdout)
+    killed = reports_present(tmp_path, "killed").get(1)  # rank 1's, just before the kill
+    output = f"rank 1 killed: {killed}\nexit code {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
     assert killed is not None, output
-    pid, kill_time = killed.group(1), float(killed.group(2))
+    print(f"mpirun exited {end - killed['time']:.2f} s after the kill")
     # rank 1 runs envs 2 and 3 of the job (n_envs=2 per rank)
-    message = f"EnvWorkerError: env worker 1 of rank 1 (global env index 3, pid {pid}) died: killed by signal SIGKILL"
-    assert result.stderr.count(message) == 1, output
-    assert result.stderr.count("uncaught exception, aborting the MPI job") == 1, output
-    print(f"mpirun exited {end - kill_time:.2f} s after the kill")
-    assert end - kill_time < 30, output
+    message = (
+        f"EnvWorkerError: env worker 1 of rank 1 (global env index 3, pid {killed['pid']}) died: killed by signal SIGKILL"
+    )
+    properties = {
+        "the job failed": result.returncode != 0,
+        "stderr names the worker, its rank and pid, once": result.stderr.count(message) == 1,
+        "the job was aborted once": result.stderr.count("uncaught exception, aborting the MPI job") == 1,
+        "it ended within 30 s of the kill": end - killed["time"] < 30,
+    }
+    assert_holds(properties, output)
 
 
 def exits_at_once() -> gym.Env:

@@ -1,6 +1,14 @@
-"""Perturb one weight on rank 1 only: the periodic sync check must catch it on every rank and name rank 1."""
+"""
+Perturb one weight on rank 1 only: the periodic sync check must catch it on every rank and name rank 1. Each rank
+reports (report.py, ``diverge_rank<r>.json``) the error it caught (its type and message; null if none).
+``mpirun -np 2 python diverge.py OUT_DIR``.
+"""
+
+import sys
+from pathlib import Path
 
 import torch as th
+from report import report
 from stable_baselines3.common.callbacks import BaseCallback
 
 from sb3_parallel_dqn import ParallelDQN, WeightsDivergedError
@@ -15,7 +23,7 @@ class PerturbRankOne(BaseCallback):
         return True
 
 
-def run() -> None:
+def run(out_dir: Path) -> None:
     model = ParallelDQN(
         "MlpPolicy",
         "CartPole-v1",
@@ -25,13 +33,13 @@ def run() -> None:
         sync_check_interval=25,
         seed=0,
     )
+    caught = None
     try:
         model.learn(5_000, callback=PerturbRankOne())
     except WeightsDivergedError as error:
-        print(f"rank {comm.rank()} caught: {error}", flush=True)
-    else:
-        print(f"rank {comm.rank()} finished without noticing the divergence", flush=True)
+        caught = {"type": type(error).__name__, "message": str(error)}
+    report(out_dir, "diverge", caught=caught)
 
 
 if __name__ == "__main__":
-    run()
+    run(Path(sys.argv[1]))

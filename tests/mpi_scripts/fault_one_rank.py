@@ -4,8 +4,9 @@ Inject one fault on rank 1 of a training job: ``python fault_one_rank.py <fault>
 Faults: ``env_step`` (an exception in the env's step), ``train`` (an exception in a gradient update), ``callback``
 (an exception in a callback), ``sigkill`` (rank 1 kills itself with SIGKILL), ``nan`` (rank 1's env returns a NaN
 reward, so the averaged gradients are NaN on every rank). Checkpoints are written to ``out_dir`` every 256 global
-steps; the fault comes after several of them. Just before injecting it, rank 1 prints ``FAULT <unix time>`` to
-stdout, so the test can measure how long the job takes to end.
+steps; the fault comes after several of them. Just before injecting it, rank 1 reports the fault and the time
+(report.py, ``out_dir/fault_rank1.json``), so the test can measure how long the job takes to end; a rank whose
+learn() returns reports that it finished (``finished_rank<r>.json``), which it must not.
 """
 
 import math
@@ -15,6 +16,7 @@ import sys
 import time
 
 import gymnasium as gym
+from report import report
 from stable_baselines3.common.callbacks import BaseCallback
 
 from sb3_parallel_dqn import ParallelDQN
@@ -25,13 +27,8 @@ FAULT_STEP = 1200  # env steps of rank 1 (2 ranks: ~2400 global steps, after 9 c
 
 
 def announce() -> None:
-    # Also in a file: output written just before MPI_Abort may not make it through the launcher.
-    stamp = f"FAULT {time.time()}"
-    with open(os.path.join(sys.argv[2], "fault_time.txt"), "w") as file:
-        file.write(stamp)
-        file.flush()
-        os.fsync(file.fileno())
-    print(stamp, flush=True)
+    # In a file, not on stdout: output written just before MPI_Abort may not make it through the launcher.
+    report(sys.argv[2], "fault", fault=sys.argv[1], time=time.time())
 
 
 class FaultyEnv(gym.Wrapper):
@@ -98,4 +95,4 @@ if __name__ == "__main__":
     )
     checkpoints = ParallelCheckpointCallback(256, out_dir)
     model.learn(100_000, callback=[checkpoints, FaultyCallback(fault)])
-    print("training ended without the fault", flush=True)
+    report(out_dir, "finished", num_timesteps=model.num_timesteps)  # training ended without the fault

@@ -1,6 +1,7 @@
 """
 Model parallelism and the sharded optimizer under ``mpirun -np W`` (W = 2, or 4 for a 2x2 mesh), section by section;
-results go to ``OUT_DIR/results_rank<r>.json`` and one ``SECTION <name> DONE`` line per rank. Usage:
+each rank reports its results in ``OUT_DIR/results_rank<r>.json`` and the sections it finished in
+``OUT_DIR/sections_rank<r>.json`` (report.py). Usage:
 ``model_parallel_scenario.py OUT_DIR``.
 
 1. ``exactness``: all W ranks as one model group: sharded forward and backward against the unsplit network
@@ -15,12 +16,12 @@ results go to ``OUT_DIR/results_rank<r>.json`` and one ``SECTION <name> DONE`` l
 5. ``mesh_error``: a model-parallel size that does not divide the job is refused on every rank, before any work.
 """
 
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch as th
+from report import report
 from stable_baselines3 import DQN
 from stable_baselines3.common.logger import configure
 
@@ -72,16 +73,20 @@ def q_values(model: ParallelDQN) -> np.ndarray:
 if __name__ == "__main__":
     out_dir = Path(sys.argv[1])
     results: dict = {}
+    sections: list[str] = []
 
     def done(name: str) -> None:
         comm.comm().Barrier()  # type: ignore[union-attr]
-        print(f"rank {RANK} SECTION {name} DONE", flush=True)
+        sections.append(name)
+        report(out_dir, "sections", done=sections)
 
     # 1. exactness: every rank in one model group
     grid = mesh.get(WORLD)
-    for case in tensor_parallel_exactness.CASES:
-        for dtype in (th.float64, th.float32):
-            tensor_parallel_exactness.check(case, dtype, grid)
+    results["exactness"] = [
+        tensor_parallel_exactness.check(case, dtype, grid)
+        for case in tensor_parallel_exactness.CASES
+        for dtype in (th.float64, th.float32)
+    ]
     done("exactness")
 
     # 2. same data: split over 2 ranks against whole, the same transitions on every rank
@@ -157,4 +162,4 @@ if __name__ == "__main__":
     except ValueError as error:
         results["mesh_error"] = str(error)
     done("mesh_error")
-    (out_dir / f"results_rank{RANK}.json").write_text(json.dumps(results))
+    report(out_dir, "results", **results)

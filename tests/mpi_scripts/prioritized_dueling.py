@@ -5,11 +5,11 @@ For every gradient step each rank records the largest raw importance weight of i
 by, which must be the largest over all ranks.
 """
 
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
+from report import report
 
 from sb3_parallel_dqn import ParallelDQN, PrioritizedReplayBuffer
 from sb3_parallel_dqn.distributed import comm
@@ -67,7 +67,7 @@ def run(out_dir: Path, vec_env_cls: str = "subproc") -> None:
         "n_steps": buffer.n_steps,
         "distinct_priorities": int(np.unique(buffer.tree.priorities[: buffer.size() * buffer.n_envs]).size),
     }
-    (out_dir / f"info_rank{rank}.json").write_text(json.dumps(info))
+    report(out_dir, "info", **info)
     model.env.close()
 
 

@@ -1,7 +1,7 @@
 """
 The data-parallel properties at W = 4 and 8 ranks (oversubscribed on a small machine: correctness only, small
-budgets), in one job: ``mpirun -np W python scale_scenario.py OUT_DIR``. Each section writes ``<section>_rank<r>.json``
-under ``OUT_DIR`` (or prints), and tests/test_scale_out.py reads them. Sections, in order:
+budgets), in one job: ``mpirun -np W python scale_scenario.py OUT_DIR``. Each section reports under ``OUT_DIR/<section>/``
+(report.py), and tests/test_scale_out.py reads them. Sections, in order:
 
 1. ``train``: 2 envs per rank, 3-step returns: weights and Adam state identical on every rank, the global budget
    honoured (every rank's own steps add up to it), and every env of the job seeded differently;
@@ -13,7 +13,6 @@ under ``OUT_DIR`` (or prints), and tests/test_scale_out.py reads them. Sections,
 """
 
 import hashlib
-import json
 import sys
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import diverge
 import numpy as np
 import prioritized_dueling
 import stop_one_rank
+from report import report
 from sections import run_sections
 from stable_baselines3.common.callbacks import BaseCallback
 
@@ -77,7 +77,7 @@ def train(out_dir: Path) -> None:
         "weights": digest(model.policy.parameters()),
         "optimizer": digest(optimizer_state),
     }
-    (out_dir / f"train_rank{comm.rank()}.json").write_text(json.dumps(info))
+    report(out_dir, "train", **info)
 
 
 if __name__ == "__main__":
@@ -86,6 +86,6 @@ if __name__ == "__main__":
         "train": train,
         "prioritized": lambda folder: prioritized_dueling.run(folder, vec_env_cls="dummy"),
         "stop": stop_one_rank.run,
-        "diverge": lambda folder: diverge.run(),
+        "diverge": diverge.run,
     }
     run_sections(out_dir, sections)

@@ -5,10 +5,10 @@ resumes: each rank's episode statistics must hold its own episodes only (the fil
 """
 
 import hashlib
-import json
 import sys
 from pathlib import Path
 
+from report import report
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.utils import LinearSchedule
 
@@ -31,7 +31,6 @@ def monitor_episodes(model: ParallelDQN) -> int:
 
 
 def run(out_dir: Path) -> None:
-    rank = comm.rank()
     # A decaying learning rate, and target updates every 143 steps per rank on 2 ranks (every 71 on 4, 35 on 8): each
     # rank would otherwise keep its own progress and target network after the stop (rank 0's step 143 updates it).
     kwargs = {"learning_starts": 100, "train_freq": 16, "gradient_steps": 4, "policy_kwargs": {"net_arch": [16]},
@@ -68,8 +67,7 @@ def run(out_dir: Path) -> None:
     info["restored_episodes"] = restored
     info["episodes_after_resume"] = len(resumed.ep_info_buffer)  # type: ignore[arg-type]
     info["new_monitor_episodes"] = monitor_episodes(resumed) - episodes_before
-    (out_dir / f"stop_rank{rank}.json").write_text(json.dumps(info))
-    print(f"rank {rank} left learn() at {model.num_timesteps} steps", flush=True)
+    report(out_dir, "stop", **info)
 
 
 if __name__ == "__main__":

@@ -4,12 +4,12 @@ Imports mpi4py at top level on purpose: spawn/forkserver workers re-import this 
 in MPI_Init under mpirun (`PMI_Init returned -1`).
 """
 
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 from mpi4py import MPI  # noqa: F401 - the import itself is what this script tests
+from report import report
 
 from sb3_parallel_dqn import ParallelDQN
 from sb3_parallel_dqn.distributed import comm
@@ -49,7 +49,7 @@ def run(out_dir: Path, start_method: str, n_steps: int = 1) -> None:
         "env_seeds": env_seeds,
         "buffer": type(model.replay_buffer).__name__,
     }
-    (out_dir / f"info_rank{rank}.json").write_text(json.dumps(info))
+    report(out_dir, "info", **info)
     model.env.close()
 
 

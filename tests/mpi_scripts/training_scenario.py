@@ -1,7 +1,8 @@
 """
 One ``mpirun -np 2`` job that checks most data-parallel properties in turn, instead of one job per property (each
-job start costs seconds): every section is one of the scripts next to this one, run on every rank, and writes its
-results under ``out_dir/<section>/`` or prints them (tests/test_mpi.py reads both).
+job start costs seconds): every section is one of the scripts next to this one, run on every rank, and reports its
+results under ``out_dir/<section>/`` (report.py; tests/test_mpi.py reads them), and ``out_dir/sections_rank<r>.json``
+lists the sections each rank finished.
 
 Usage: ``training_scenario.py OUT_DIR``. Sections, in order:
 
@@ -32,11 +33,14 @@ from sections import run_sections
 if __name__ == "__main__":
     out_dir = Path(sys.argv[1])
     sections = {
-        "gradients": lambda folder: (grad_average.check(max_grad_norm=1e9), grad_average.check(max_grad_norm=0.05)),
+        "gradients": lambda folder: (
+            grad_average.check(folder, max_grad_norm=1e9),
+            grad_average.check(folder, max_grad_norm=0.05),
+        ),
         "train_sync": lambda folder: train_sync.run(folder, "forkserver", n_steps=3),
         "prioritized": prioritized_dueling.run,
         "stop": stop_one_rank.run,
         "load": load_then_learn.run,
-        "diverge": lambda folder: diverge.run(),
+        "diverge": diverge.run,
     }
     run_sections(out_dir, sections)

@@ -9,7 +9,9 @@ The SB3 habits of an MPI user, under ``mpirun -np 2``:
 - ``device="auto"`` maps rank r to ``cuda:{local_rank % n_gpus}``, the local rank as the launcher published it (this
   machine may have no GPU: the script pretends to have 2 at the end).
 
-Usage: ``user_vec_envs.py MODEL.zip``. Prints one OK line per property and rank.
+Usage: ``user_vec_envs.py MODEL.zip OUT_DIR``. Each rank reports (report.py, ``user_vec_envs_rank<r>.json``): the device
+of rank 0's lone load; for each start method, the workers' process class and, after learn(), the rank's weight
+checksum, step count and gradient updates; the devices ``"auto"`` picks.
 """
 
 import multiprocessing
@@ -26,27 +28,36 @@ from sb3_parallel_dqn import ParallelDQN
 from sb3_parallel_dqn.distributed.gradients import module_checksum
 
 # isort: split
-from device_choice import report_devices
+from device_choice import devices
+from report import report
 
 if __name__ == "__main__":
+    out_dir = sys.argv[2]
     world = MPI.COMM_WORLD
     rank = world.Get_rank()
     if rank == 0:
         alone = ParallelDQN.load(sys.argv[1])  # device="auto"
         alone.predict(np.zeros((1, 4), dtype=np.float32), deterministic=True)
-        print(f"rank 0 loaded alone on {alone.device}: OK", flush=True)
+        report(out_dir, "user_vec_envs", lone_load_device=str(alone.device))
     world.Barrier()
 
     # None: SB3's default, forkserver where available (Linux), so forkserver itself only where it is not the default.
     defaults_to_forkserver = "forkserver" in multiprocessing.get_all_start_methods()
+    runs = []
     for start_method in (None, "spawn") if defaults_to_forkserver else (None, "forkserver", "spawn"):
         vec_env_kwargs = {} if start_method is None else {"start_method": start_method}
         env = make_vec_env("CartPole-v1", n_envs=2, vec_env_cls=SubprocVecEnv, vec_env_kwargs=vec_env_kwargs, seed=0)
         model = ParallelDQN("MlpPolicy", env, learning_starts=100, policy_kwargs={"net_arch": [16]}, seed=0)
         model.learn(300)
-        checksums = world.allgather(module_checksum(model.policy))
-        name = f"None ({type(env.processes[0]).__name__})" if start_method is None else start_method
+        runs.append(
+            {
+                "start_method": start_method,
+                "process_class": type(env.processes[0]).__name__,
+                "checksum": module_checksum(model.policy),
+                "num_timesteps": model.num_timesteps,
+                "n_updates": model._n_updates,
+            }
+        )
         env.close()
-        same = checksums[0] == checksums[1] and model.num_timesteps >= 300 and model._n_updates > 0
-        print(f"rank {rank} SubprocVecEnv start_method={name}: {'OK' if same else checksums}", flush=True)
-    report_devices(n_gpus=2)
+        report(out_dir, "user_vec_envs", subproc_runs=runs)
+    report(out_dir, "user_vec_envs", devices=devices(n_gpus=2))

@@ -1,9 +1,15 @@
-"""Rank 1 kills one of its own env workers mid-training: the whole job must end at once, with an error naming it."""
+"""
+Rank 1 kills one of its own env workers mid-training: the whole job must end at once, with an error naming it. Just
+before the kill, rank 1 reports the worker's pid and the time (report.py, ``OUT_DIR/killed_rank1.json``).
+``mpirun -np 2 python worker_death.py OUT_DIR``.
+"""
 
 import os
 import signal
+import sys
 import time
 
+from report import report
 from stable_baselines3.common.callbacks import BaseCallback
 
 from sb3_parallel_dqn import ParallelDQN
@@ -15,7 +21,7 @@ class KillOwnEnvWorker(BaseCallback):
         if comm.rank() == 1 and self.n_calls == 200:
             pid = self.training_env.unwrapped.processes[1].pid
             # The test measures the time from here to the end of mpirun.
-            print(f"rank 1 killed env worker 1 (pid {pid}) at {time.time():.3f}", flush=True)
+            report(sys.argv[1], "killed", worker=1, pid=pid, time=time.time())
             os.kill(pid, signal.SIGKILL)
         return True
 
