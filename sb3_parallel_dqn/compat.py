@@ -17,8 +17,9 @@ private internal here only if it buys at least 20% on a workload users run (the 
 gradient step), measured side by side, with that measurement in its entry; none does now (one process, torch 2.13:
 the hand-written MLP backward bought 21% of the CartPole gradient step, 350 vs 442 us, 19% with the step's batch
 sampling; functional ``adam`` with ``_foreach_norm`` 18%, 442 vs 541 us; docs/benchmarks/public_torch_apis). The
-torch private left, :data:`GLOBAL_MODULE_HOOKS`, guards the lean Q-network forward (it steps aside for hooks), which
-buys 8% of that step and serves action selection too.
+lean Q-network forward (``engine/q_forward.py``: the layers called without ``nn.Module`` dispatch, guarded by torch's
+private global-hook registry) is gone too: it bought 8% of that gradient step and 12% of CartPole env steps per
+second in collection (docs/benchmarks/lean_forward), below the bar.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import dataclasses
 import functools
 import importlib
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,6 @@ import torch as th
 from stable_baselines3.common.buffers import NStepReplayBuffer, ReplayBuffer
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.vec_env import VecNormalize
-from torch import nn
 
 
 class CompatibilityError(RuntimeError):
@@ -99,14 +99,6 @@ GET_SAMPLES = Internal(
     "returns) and, with one env, draws env indices by randint(0, 1), which consumes no random numbers: batched "
     "sampling calls it once for all the gradient steps of a train() call and gets sample()'s batches",
 )
-GLOBAL_MODULE_HOOKS = Internal(
-    "torch.nn.modules.module:_global_forward_hooks",
-    "the registry of global module hooks (with _global_forward_pre_hooks, _global_backward_hooks, "
-    "_global_backward_pre_hooks, _global_forward_hooks_always_called): the lean Q-network forward skips nn.Module "
-    "calls, so it must step aside when any hook is registered. Measured: the lean forward buys 8% of a CartPole "
-    "gradient step (541 vs 586 us, docs/benchmarks/public_torch_apis), below the 20% bar; action selection not measured",
-)
-MODULE_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 N_STEPS_IGNORED_WARNING = Internal(
     "stable_baselines3.dqn.dqn:DQN._setup_model",
     "the text of the warning that _setup_model gives when n_steps > 1 and a custom replay_buffer_class is set "
@@ -128,7 +120,6 @@ INTERNALS = (
     CLOUDPICKLE_WRAPPER,
     PATCH_ENV,
     GET_SAMPLES,
-    GLOBAL_MODULE_HOOKS,
     N_STEPS_IGNORED_WARNING,
     OBSERVATION_GATHERS,
 )
@@ -174,30 +165,6 @@ PROTECTED_DQN_STATE = {
 def get_samples(replay_buffer: ReplayBuffer, batch_inds: np.ndarray, env: VecNormalize | None) -> ReplayBufferSamples:
     """``replay_buffer._get_samples(batch_inds, env)``: the transitions of the given rows (see :data:`GET_SAMPLES`)."""
     return replay_buffer._get_samples(batch_inds, env=env)  # type: ignore[return-value]
-
-
-_GLOBAL_HOOK_NAMES = (
-    "_global_forward_hooks",
-    "_global_forward_pre_hooks",
-    "_global_backward_hooks",
-    "_global_backward_pre_hooks",
-    "_global_forward_hooks_always_called",
-)
-
-
-@functools.cache
-def _global_hooks_module() -> Any:
-    """torch's module of the global hook registries, resolved once (has_hooks runs before every train())."""
-    GLOBAL_MODULE_HOOKS.resolve()  # the registry itself must exist, or the check below would pass vacuously
-    return importlib.import_module(GLOBAL_MODULE_HOOKS.path.partition(":")[0])
-
-
-def has_hooks(modules: Sequence[nn.Module]) -> bool:
-    """Whether any of ``modules``, or torch globally, has forward or backward hooks registered."""
-    if any(getattr(module, name) for module in modules for name in MODULE_HOOK_DICTS):
-        return True
-    torch_module = _global_hooks_module()
-    return any(getattr(torch_module, name, None) for name in _GLOBAL_HOOK_NAMES)
 
 
 def subproc_worker() -> Callable[..., None]:

@@ -7,15 +7,14 @@ https://arxiv.org/abs/1511.05952). With neither, the float operations are SB3's,
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import torch as th
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from torch.nn import functional as F
 
-if TYPE_CHECKING:
-    # Annotations only: at run time the engine imports this module (importing the engine here was a cycle).
-    from sb3_parallel_dqn.engine.q_forward import QForward
+# A Q-network's forward: observations to Q-values (the online or the target network).
+QForward = Callable[[th.Tensor], th.Tensor]
 
 
 class NonFiniteError(FloatingPointError):

@@ -16,7 +16,6 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3 import DQN
 from stable_baselines3.common.buffers import NStepReplayBuffer, ReplayBuffer
-from torch import nn
 
 from sb3_parallel_dqn import ParallelDQN, compat
 
@@ -96,19 +95,6 @@ def test_observations_are_reached_only_as_frame_replay_expects(buffer_class):
     buffer.sample(5)
     allowed = {("set", "int"), ("get", ("ndarray", "ndarray")), ("get", ("ndarray", "ndarray", "slice"))}
     assert keys and set(keys) <= allowed, broken(compat.OBSERVATION_GATHERS, f"indexes observations as {set(keys)}")
-
-
-def test_global_hooks_are_seen():
-    net = nn.Linear(2, 2)
-    assert not compat.has_hooks([net])
-    handle = nn.modules.module.register_module_forward_hook(lambda module, args, output: None)
-    try:
-        assert compat.has_hooks([net]), broken(compat.GLOBAL_MODULE_HOOKS, "no longer records global hooks")
-    finally:
-        handle.remove()
-    handle = net.register_forward_pre_hook(lambda module, args: None)
-    assert compat.has_hooks([net]), "a module's own hook is no longer in " + ", ".join(compat.MODULE_HOOK_DICTS)
-    handle.remove()
 
 
 def test_the_n_steps_warning_is_recognised_and_silenced():

@@ -9,7 +9,6 @@ from stable_baselines3.dqn import policies as sb3_policies
 from stable_baselines3.dqn.policies import QNetwork
 
 from sb3_parallel_dqn import ParallelDQN
-from sb3_parallel_dqn.engine.q_forward import q_forward
 from sb3_parallel_dqn.policies import CnnPolicy, DuelingQNetwork, MlpPolicy
 
 
@@ -27,7 +26,6 @@ def test_dueling_aggregation_against_its_definition():
     assert th.allclose(q_values, expected, atol=1e-6)
     assert th.allclose(q_values.mean(dim=1), value[:, 0], atol=1e-6)  # mean advantage 0: V is the mean Q
     assert th.equal(q_net._predict(obs), advantages.argmax(dim=1))  # the greedy action is the best advantage
-    assert q_forward(q_net) is q_net  # the lean MLP path is for SB3's QNetwork only
 
 
 @pytest.mark.parametrize("policy_kwargs", [None, {"dueling": False}])

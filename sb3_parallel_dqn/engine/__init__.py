@@ -3,8 +3,7 @@ The algorithm's side of ``ParallelDQN``, in two roles that the model composes, a
 
 - :class:`Collector` (``collector``): acting on the envs and the ranks' end-of-rollout agreement;
 - :class:`Learner` (``learner``): sampling, targets, the TD loss, the update and the sync, on the speed paths
-  (the update from :mod:`sb3_parallel_dqn.updates`, the lean Q-network forward in ``q_forward``, batched replay sampling in
-  ``sampling``);
+  (the update from :mod:`sb3_parallel_dqn.updates`, batched replay sampling in ``sampling``);
 - :class:`GlobalClock` (``clock``): SB3's counters counting the job's env steps.
 
 ``model_parallel`` is what the model does with a split network or a sharded optimizer (cut, gather, check);

@@ -1,11 +1,12 @@
 """
 :class:`Collector`: the collecting role of ``ParallelDQN`` -- acting on the envs (SB3's epsilon-greedy choice on the
-lean Q-network forward), the end-of-rollout agreement of the ranks, and the episode statistics of the job.
+Q-network, without ``policy.predict``'s wrapper), the end-of-rollout agreement of the ranks, and the episode
+statistics of the job.
 
 SB3's ``collect_rollouts`` still steps the envs and writes the transitions (callbacks, ``Monitor`` episodes, replay
 ``add`` all stay SB3's); the model hands this object the two places where a parallel job differs: which action to
-take (the lean path, and the other ranks' steps counted, see :class:`~sb3_parallel_dqn.engine.clock.GlobalClock`)
-and what every rank agrees on after the rollout. It never touches the update: the learner's side is
+take (and the other ranks' steps counted, see :class:`~sb3_parallel_dqn.engine.clock.GlobalClock`) and what every
+rank agrees on after the rollout. It never touches the update: the learner's side is
 :class:`~sb3_parallel_dqn.engine.learner.Learner`.
 """
 
@@ -23,7 +24,6 @@ from sb3_parallel_dqn import compat, interrupt
 from sb3_parallel_dqn.distributed import comm, lockstep
 from sb3_parallel_dqn.distributed.mesh import Mesh
 from sb3_parallel_dqn.engine.clock import GlobalClock
-from sb3_parallel_dqn.engine.q_forward import QForward, q_forward
 
 if TYPE_CHECKING:
     from stable_baselines3 import DQN
@@ -41,14 +41,12 @@ class Collector:
 
     def __init__(self, model: DQN, grid: Mesh, clock: GlobalClock) -> None:
         self.model, self.grid, self.clock = model, grid, clock
-        self.acting_q: QForward = lambda obs: model.q_net(obs)
         # The job's episode means from the last agreement (None with one process: SB3 logs its own buffers).
         self.episode_means: dict[str, float] | None = None
 
     def start_rollout(self) -> None:
         """Evaluation mode for action selection (dropout, batch norm), once per rollout: train() switches back."""
         self.model.policy.set_training_mode(False)
-        self.acting_q = q_forward(self.model.q_net)
 
     def greedy_or_random(self, n_envs: int) -> np.ndarray | None:
         """
@@ -70,8 +68,8 @@ class Collector:
         if np.random.rand() < model.exploration_rate:
             return np.array([model.action_space.sample() for _ in range(n_envs)])
         with th.no_grad():
-            # QNetwork._predict(observation, deterministic=True), with the lean forward
-            q_values = self.acting_q(th.as_tensor(observation, device=model.device))
+            # QNetwork._predict(observation, deterministic=True)
+            q_values = model.q_net(th.as_tensor(observation, device=model.device))
         return q_values.argmax(dim=1).cpu().numpy().reshape(-1)
 
     def finish_rollout(self, rollout: RolloutReturn) -> RolloutReturn:

@@ -8,8 +8,8 @@ process stays bit-identical to SB3's ``DQN`` (``tests/test_equivalence.py``):
 - sampling: all the uniform batches of a ``train()`` call drawn and gathered at once
   (:func:`~sb3_parallel_dqn.engine.sampling.sample_batches`); a prioritized buffer is sampled step by step instead,
   since each step's new priorities weigh the next draw, with the importance weights normalised over all ranks;
-- the TD loss's forwards: the lean Q-network forward of the online and the target network; its backward:
-  autograd's, into the flat gradient buffer;
+- the TD loss: SB3's forwards of the online and the target network, autograd's backward into the flat gradient
+  buffer;
 - the update: one :class:`~sb3_parallel_dqn.updates.Update` that :func:`~sb3_parallel_dqn.updates.make_update`
   picks from the model's mesh and settings (flat buffers under a stock ``Adam``, data-parallel averaging with one
   ``Allreduce``, the sharded optimizer, the model-group norm of a split model, or SB3's own eager path).
@@ -35,7 +35,6 @@ from sb3_parallel_dqn.buffers.prioritized import PrioritizedReplayBuffer
 from sb3_parallel_dqn.distributed import comm
 from sb3_parallel_dqn.distributed.mesh import Mesh
 from sb3_parallel_dqn.engine import model_parallel
-from sb3_parallel_dqn.engine.q_forward import QForward, q_forward
 from sb3_parallel_dqn.engine.sampling import sample_batches
 from sb3_parallel_dqn.losses import check_finite, td_loss
 from sb3_parallel_dqn.updates import Update, make_update
@@ -76,8 +75,6 @@ class Learner:
     def __init__(self, model: DQN, grid: Mesh) -> None:
         self.model, self.grid = model, grid
         self.update: Update | None = None  # made at the first train() (or memory_report, save), see prepare_update
-        self.online_q: QForward = lambda obs: model.q_net(obs)
-        self.target_q: QForward = lambda obs: model.q_net_target(obs)
         self.timer: PartTimer | None = None
         self._batches: Iterator[ReplayBufferSamples] | None = None
         self._sampled_leaves: np.ndarray | None = None
@@ -98,8 +95,6 @@ class Learner:
     def start_updates(self, gradient_steps: int, batch_size: int) -> None:
         """Before the gradient steps of one ``train()`` call: forwards, flat buffers, and the batches."""
         model = self.model
-        self.online_q = q_forward(model.q_net)
-        self.target_q = q_forward(model.q_net_target)
         self.prepare_update()
         self.updates_made = compat.n_updates(model)
         buffer = model.replay_buffer
@@ -137,7 +132,7 @@ class Learner:
         over ranks, and with ``weights`` this rank's TD errors.
         """
         assert self.update is not None
-        loss, td_errors = td_loss(self.online_q, self.target_q, replay_data, gamma, double_q, weights)
+        loss, td_errors = td_loss(self.model.q_net, self.model.q_net_target, replay_data, gamma, double_q, weights)
         self.update.zero_grad()
         loss.backward()
         self._mark("forward_backward")
