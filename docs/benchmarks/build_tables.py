@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import subprocess
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -194,6 +195,26 @@ def mlp_backward() -> str:
     return text + rst_table(["entry", *sources, "change", "rounds"], rows)
 
 
+def public_torch_apis() -> str:
+    """The gradient step before (private torch internals, hand-written backward) and after (public APIs only)."""
+    folder = HERE / "public_torch_apis"
+    table = subprocess.run([sys.executable, str(folder / "table.py")], capture_output=True, text=True, check=True).stdout
+    text = "Source: ``docs/benchmarks/public_torch_apis/`` (``ab_step.py``, ``results_step.jsonl``, ``table.py``).\n\n"
+    return text + markdown_to_rst(table)
+
+
+def lean_forward() -> str:
+    """CartPole env steps per second in collection with and without the lean Q-network forward (alternating blocks)."""
+    runs = [json.loads(line) for line in (HERE / "lean_forward" / "results.jsonl").read_text().splitlines() if line.strip()]
+    blocks = [block for run in runs for block in run["blocks"]]
+    lean = float(np.median([b["steps_per_s"] for b in blocks if b["lean"]]))
+    module = float(np.median([b["steps_per_s"] for b in blocks if not b["lean"]]))
+    text = "Source: ``docs/benchmarks/lean_forward/`` (``ab_acting.py``, ``results.jsonl``).\n\n"
+    rows = [["lean forward (deleted)", f"{lean:,.0f}"], ["module call (as SB3)", f"{module:,.0f}"],
+            ["lean / module", f"{lean / module:.3f}"]]  # fmt: skip
+    return text + rst_table([f"CartPole-v1 collection, env steps/s ({len(blocks)} blocks, median)", "value"], rows)
+
+
 def parallelism() -> str:
     summary = load("parallelism")
     return source(HERE / "parallelism", summary) + "\n" + markdown_to_rst(parallelism_table(summary["rows"]))
@@ -302,6 +323,8 @@ def tables() -> dict[str, str]:
         "scaling_cartpole_lr2x.rst": scaling("scaling_cartpole_lr2x", "lr x2"),
         "scaling_acrobot.rst": scaling("scaling_acrobot"),
         "mlp_backward.rst": mlp_backward(),
+        "public_torch_apis.rst": public_torch_apis(),
+        "lean_forward.rst": lean_forward(),
         "parallelism.rst": parallelism(),
         "wide_net.rst": driver_tables("wide_net_model_parallel"),
         "minatar_breakout.rst": driver_tables("minatar_breakout"),
