@@ -163,7 +163,8 @@ def test_item2_train_refuses_a_collective_timeout_that_is_not_positive():
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("mode", "n_procs"), [("slow_save_then_exit", 2), ("late_broadcast", 4), ("signal_then_long_wait", 2)]
+    ("mode", "n_procs"),
+    [("slow_save_then_exit", 2), ("late_broadcast", 4), ("signal_then_long_wait", 2), ("save_then_sys_exit", 3)],
 )
 def test_item2_healthy_jobs_that_wait_are_not_ended(tmp_path, mode, n_procs):
     """

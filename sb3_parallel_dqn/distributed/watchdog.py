@@ -25,11 +25,13 @@ So, as torch's process-group watchdog does, each rank of a job of several runs a
 - it has waited longer than the **collective timeout**: :data:`DEFAULT_TIMEOUT_S` (30 minutes, torch's default
   process-group timeout), or ``SB3_PARALLEL_DQN_COLLECTIVE_TIMEOUT`` seconds, or :func:`set_timeout`.
 
-The messages travel as point-to-point messages with the tag :data:`CONTROL_TAG` on the world communicator (a
-separate communicator would need a collective to make, which is the very thing that may not arrive); a script that
-receives with ``MPI.ANY_TAG`` on ``COMM_WORLD`` could take them. The thread wakes four times a second and the
-main thread's bookkeeping costs two assignments per collective (docs/benchmarks/watchdog: its cost on the per-step
-gradient path). ``SB3_PARALLEL_DQN_WATCHDOG=0`` turns it off.
+The messages travel as point-to-point messages with the tag :data:`CONTROL_TAG` on a duplicate of the world
+communicator, made when MPI starts (every rank starts it, as every rank initialises MPI): a script's own receives
+never take them, and notices that nobody received before the job ended (a rank's exit notice to a rank that has
+stopped listening) do not make ``MPI_Finalize`` fail, as they did on ``COMM_WORLD`` (MPICH refuses to free a
+built-in communicator that holds unmatched messages, and the launcher then killed the job at its very end). The
+thread wakes four times a second and the main thread's bookkeeping costs two assignments per collective
+(docs/benchmarks/watchdog: its cost on the per-step gradient path). ``SB3_PARALLEL_DQN_WATCHDOG=0`` turns it off.
 
 Waits that are not MPI collectives but need another rank (a rank waiting for rank 0 to write a file,
 :func:`wait_for_save`) are watched the same way.
@@ -143,6 +145,8 @@ class _Watchdog:
 
     def __init__(self, world: Any) -> None:
         self.world = world
+        self.control = world.Dup()  # collective: start() runs where every rank initialises MPI
+        self.control.Set_name("sb3_parallel_dqn watchdog")
         self.rank, self.size = world.Get_rank(), world.Get_size()
         self.pid = os.getpid()  # a forked child (an env worker) inherits the atexit hook, and must not announce
         self.stop = threading.Event()
@@ -165,7 +169,7 @@ class _Watchdog:
         with self.lock:
             for dest in ranks:
                 if dest != self.rank:
-                    self.sends.append(self.world.isend(message, dest=dest, tag=CONTROL_TAG))
+                    self.sends.append(self.control.isend(message, dest=dest, tag=CONTROL_TAG))
             self.sends = [request for request in self.sends if not request.Test()]
 
     def receive(self) -> None:
@@ -174,7 +178,7 @@ class _Watchdog:
         status = MPI.Status()
         while True:
             # A matched probe: a script's own receive with MPI.ANY_TAG cannot take the message between probe and recv.
-            matched = self.world.improbe(source=MPI.ANY_SOURCE, tag=CONTROL_TAG, status=status)
+            matched = self.control.improbe(source=MPI.ANY_SOURCE, tag=CONTROL_TAG, status=status)
             if matched is None:
                 return
             source, message = status.Get_source(), matched.recv()

@@ -85,6 +85,20 @@ elif MODE == "slow_save_then_exit":
 
     write_on_root(FOLDER / "slow.bin", "bin", slow_write)
     report(content=(FOLDER / "slow.bin").read_bytes().decode())
+elif MODE == "save_then_sys_exit":
+    # Healthy, on 3 ranks: a save on every rank (watchdog notices fly), then sys.exit(0), as the train script ends.
+    # Notices nobody received used to sit on COMM_WORLD, where MPICH's MPI_Finalize refused them: the launcher killed
+    # the job (exit 9) at its very end.
+    from sb3_parallel_dqn.distributed import watchdog
+
+    model = ParallelDQN("MlpPolicy", "CartPole-v1", **SMALL)
+    model.save(FOLDER / "model.zip")
+    report(done=True)
+    if RANK == 0:
+        # What atexit does first, then a moment in which the others' exit notices arrive with nobody listening.
+        watchdog._watchdog.announce_exit()  # type: ignore[union-attr]
+        time.sleep(2)
+    sys.exit(0)
 elif MODE == "late_broadcast":
     # Healthy, on 4 ranks: a broadcast lets its root and some ranks go on while a late rank has not arrived; they wait
     # in the next collective meanwhile, the late rank's neighbours in the broadcast. Lateness, not a cycle.
