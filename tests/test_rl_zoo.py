@@ -140,6 +140,7 @@ def test_explicit_algo_and_conf_resume(single_run, tmp_path):
     assert resumed.num_timesteps == 256
 
 
+@pytest.mark.slow  # 9 s; the fast tier runs the package's own train script under mpirun (test_scripts.py)
 @requires_zoo
 def test_mpirun_two_ranks(single_run, tmp_path):
     """One run folder, rank-offset seeds and monitor files, evaluation on rank 0 every --eval-freq global steps."""
