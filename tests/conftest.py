@@ -120,3 +120,16 @@ def run_main(main: Callable[[list[str]], int], args: list) -> subprocess.Complet
         except SystemExit as exit_:
             code = exit_.code if isinstance(exit_.code, int) else 1
     return subprocess.CompletedProcess(args, code, stdout.getvalue(), stderr.getvalue())
+
+
+def diverged_properties(caught: list) -> dict[str, bool]:
+    """Per rank, that it caught the WeightsDivergedError of a drift injected on rank 1 (the diverge scenarios)."""
+    properties = {}
+    for rank, error in enumerate(caught):
+        message = (error or {}).get("message", "")
+        properties |= {
+            f"rank {rank} caught WeightsDivergedError": (error or {}).get("type") == "WeightsDivergedError",
+            f"rank {rank}: 'Weights diverged'": "Weights diverged" in message,
+            f"rank {rank}: names rank 1": "rank(s) [1] differ from rank 0" in message,
+        }
+    return properties
