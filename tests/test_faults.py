@@ -59,7 +59,7 @@ def job_details(result, folder) -> str:
 @pytest.mark.parametrize(
     "fault, message",
     [pytest.param("env_step", "injected failure in env.step on rank 1", marks=pytest.mark.slow),
-     ("train", "injected failure in train on rank 1"),
+     pytest.param("train", "injected failure in train on rank 1", marks=pytest.mark.slow),  # 11 s
      pytest.param("callback", "injected failure in a callback on rank 1", marks=pytest.mark.slow)],
 )  # fmt: skip
 def test_exception_on_one_rank_ends_the_job(tmp_path, fault, message):

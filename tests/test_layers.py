@@ -208,6 +208,7 @@ print("trained without", sorted(name for name in ("yaml", "rl_zoo3") if sys.modu
 """
 
 
+@pytest.mark.slow  # 7.5 s: a training run in a fresh process with the config libraries blocked
 def test_parallel_dqn_trains_without_pyyaml_and_rl_zoo3(tmp_path):
     result = check_ok(run_python(["-c", TRAIN_WITHOUT_CONFIG_LIBRARIES, str(tmp_path / "model.zip")], cwd=tmp_path))
     assert "trained without ['rl_zoo3', 'yaml']" in result.stdout
