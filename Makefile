@@ -2,10 +2,10 @@ SHELL=/bin/bash
 LINT_PATHS=sb3_parallel_dqn/ tests/ scripts/ docs/
 
 pytest:
-	python -m pytest -m "not slow"
+	python -m pytest -m "not slow" -n 2 --dist loadfile
 
 pytest-slow:
-	python -m pytest -m slow
+	python -m pytest -m slow -n 2 --dist loadfile
 
 type:
 	mypy sb3_parallel_dqn/

@@ -1,13 +1,12 @@
 """Atomic saves, checkpoint file names, and resuming a run with exactly the counters of an uninterrupted one."""
 
-import json
 import os
 import pathlib
 
 import pytest
 import stable_baselines3.common.base_class as base_class
 import torch as th
-from conftest import MPI_SCRIPTS, run_mpi, run_python
+from conftest import MPI_SCRIPTS, reports_present, run_mpi, run_python
 from stable_baselines3.common.save_util import save_to_zip_file
 
 from sb3_parallel_dqn import ParallelDQN
@@ -254,16 +253,16 @@ def test_resume_with_another_layout_keeps_the_target_phase(tmp_path):
     assert updates == [350, 400, 450, 500]
 
 
-def _run_signalled_in_the_last_rollout(result):
-    reports = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+def _run_signalled_in_the_last_rollout(folder, result):
+    reports = reports_present(folder, "signal_last_rollout")
     assert reports, result.stdout + result.stderr
-    return {report["rank"]: report for report in reports}
+    return reports
 
 
 def test_item5_a_signal_in_the_last_rollout_still_writes_the_final_model(tmp_path):
     """Issue 23, item 5: SIGTERM in the last rollout exited 143 with a checkpoint only, no final <env>.zip."""
     result = run_python([str(MPI_SCRIPTS / "signal_last_rollout.py"), str(tmp_path), "0"], timeout=120)
-    reports = _run_signalled_in_the_last_rollout(result)
+    reports = _run_signalled_in_the_last_rollout(tmp_path, result)
     assert reports[0]["exit"] == 143 and result.returncode == 143, result.stdout + result.stderr
     assert {"CartPole-v1.zip", "replay_buffer.pkl"} <= set(reports[0]["files"]), reports
     assert "training is complete, final evaluation skipped" in result.stdout
@@ -275,7 +274,7 @@ def test_item5_a_signal_in_the_last_rollout_still_writes_the_final_model(tmp_pat
 def test_item5_a_signal_to_one_rank_in_the_last_rollout_under_mpirun(tmp_path):
     """Issue 23, item 5, under mpirun: every rank writes its final files (model, its shard) and exits 143."""
     result = run_mpi([str(MPI_SCRIPTS / "signal_last_rollout.py"), str(tmp_path), "1"], timeout=180)
-    reports = _run_signalled_in_the_last_rollout(result)
+    reports = _run_signalled_in_the_last_rollout(tmp_path, result)
     assert sorted(reports) == [0, 1], result.stdout + result.stderr
     assert [reports[rank]["exit"] for rank in (0, 1)] == [143, 143]
     expected = {"CartPole-v1.zip", "replay_buffer.rank0.pkl", "replay_buffer.rank1.pkl"}

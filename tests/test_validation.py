@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 import pytest
 import torch as th
-from conftest import run_mpi
+from conftest import MPI_SCRIPTS, rank_reports, run_mpi
 from stable_baselines3 import DQN
 
 from sb3_parallel_dqn import ConfigError, ParallelDQN, UnsupportedSpaceError
@@ -59,20 +59,21 @@ def test_item1_train_with_zero_gradient_steps_is_sb3s():
 
 
 @pytest.mark.slow
-def test_item1_gradient_steps_zero_under_mpirun():
+def test_item1_gradient_steps_zero_under_mpirun(tmp_path):
     """With two ranks and ``gradient_steps=0`` no rank makes an update: no collective waits for a partner."""
     script = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(MPI_SCRIPTS)!r})\n"
+        "from report import report\n"
         "from sb3_parallel_dqn import ParallelDQN\n"
         "model = ParallelDQN('MlpPolicy', 'CartPole-v1', gradient_steps=0, buffer_size=500, learning_starts=0, seed=0)\n"
         "model.learn(200)\n"
-        "print('rank', model._rank, 'updates', model._n_updates, 'steps', model.num_timesteps, flush=True)\n"
+        f"report({str(tmp_path)!r}, 'zero_steps', updates=model._n_updates, steps=model.num_timesteps)\n"
     )
     result = run_mpi(["-c", script], timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert sorted(line for line in result.stdout.splitlines() if line.startswith("rank ")) == [
-        "rank 0 updates 0 steps 200",
-        "rank 1 updates 0 steps 200",
-    ], result.stdout
+    reports = rank_reports(tmp_path, "zero_steps", 2)  # one file a rank: lines printed by two ranks can interleave
+    assert reports == [{"updates": 0, "steps": 200}] * 2, reports
 
 
 @pytest.mark.parametrize("env_id", ["Pendulum-v1", "MountainCarContinuous-v0"])

@@ -2,14 +2,16 @@
 Issue 23, item 5: SIGTERM reaches one rank while the job collects its last rollout. Training then ends after that
 rollout's updates, which is the end of its budget anyway: the run must still write its final model (``<env>.zip``)
 and replay buffer shards, and exit with 128 + the signal. Usage: ``signal_last_rollout.py LOG_FOLDER SIGNALLED_RANK``;
-each rank prints one JSON line: its rank, exit code and the files of the run folder.
+each rank reports (report.py, ``LOG_FOLDER/signal_last_rollout_rank<r>.json``) its exit code and the files of the
+run folder.
 """
 
-import json
 import os
 import signal
 import sys
 from pathlib import Path
+
+from report import report
 
 from sb3_parallel_dqn.distributed import comm
 from sb3_parallel_dqn.parallel_dqn import ParallelDQN
@@ -37,5 +39,5 @@ if __name__ == "__main__":
                  "-params", "learning_starts:64", "train_freq:16", "policy_kwargs:dict(net_arch=[8])"])  # fmt: skip
     run_dir = folder / "parallel_dqn" / "CartPole-v1_1"
     files = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
-    print(json.dumps({"rank": comm.rank(), "exit": code, "files": files}), flush=True)
+    report(folder, "signal_last_rollout", rank=comm.rank(), exit=code, files=files)
     sys.exit(code)
