@@ -21,7 +21,7 @@ from sb3_parallel_dqn.callbacks import with_global_progress_bar
 from sb3_parallel_dqn.distributed import comm, lockstep, mesh
 from sb3_parallel_dqn.distributed.devices import pick_device, set_torch_threads
 from sb3_parallel_dqn.distributed.gradients import broadcast_module_, broadcast_optimizer_
-from sb3_parallel_dqn.engine import Collector, GlobalClock, Learner, model_parallel
+from sb3_parallel_dqn.engine import Collector, GlobalClock, Learner, asynchronous, model_parallel
 from sb3_parallel_dqn.engine.settings_check import check_model
 from sb3_parallel_dqn.envs import build_env
 from sb3_parallel_dqn.io import checkpoints
@@ -91,6 +91,15 @@ class ParallelDQN(DQN):
         :mod:`~sb3_parallel_dqn.distributed.tensor_parallel`); the job's W ranks form W / M replicas
     :param shard_optimizer: shard Adam's state over the replicas (ZeRO stage 1, see
         :mod:`~sb3_parallel_dqn.updates.sharded`)
+    :param learner_ranks: None (default): the synchronous mode, every rank collects and learns. ``L``: the
+        asynchronous mode (Ape-X, https://arxiv.org/abs/1803.00933; see :mod:`~sb3_parallel_dqn.engine.asynchronous`)
+        under ``mpirun -np W``: ranks ``0 .. L-1`` learn, the other ``W - L`` act and post their transitions to a
+        learner without waiting for it (``L = 1`` for now); ``total_timesteps`` counts the actors' env steps
+    :param samples_per_insert: the asynchronous mode's replay ratio, transitions sampled per transition inserted,
+        held by a rate limiter (Reverb's ``SampleToInsertRatio``); None: ``batch_size * gradient_steps / (train_freq
+        * n_envs)``, the synchronous mode's
+    :param weight_sync_interval: in the asynchronous mode, the learner posts its weights to the actors every this
+        many updates (without waiting for them)
     :param _init_setup_model: Whether or not to build the network at the creation of the instance
     """
 
@@ -136,6 +145,9 @@ class ParallelDQN(DQN):
         torch_num_threads: int | None = None,
         model_parallel_size: int = 1,
         shard_optimizer: bool = False,
+        learner_ranks: int | None = None,
+        samples_per_insert: float | None = None,
+        weight_sync_interval: int = 10,
         _init_setup_model: bool = True,
     ) -> None:
         check_model_kwargs(**locals())  # the arguments that have a rule (validation.ARGUMENT_RULES), as config files
@@ -148,6 +160,11 @@ class ParallelDQN(DQN):
         self._global_envs: int | None = None
         self._episode_stats_rank = self._rank
         self.model_parallel_size, self.shard_optimizer = model_parallel_size, shard_optimizer
+        self.learner_ranks, self.samples_per_insert = learner_ranks, samples_per_insert
+        self.weight_sync_interval = weight_sync_interval
+        if learner_ranks is not None and _init_setup_model:
+            # Before any collective: a layout that cannot work is refused on every rank alike.
+            asynchronous.check_layout(learner_ranks, self._world_size)
         if _init_setup_model:  # every rank runs this: set up the mesh before the envs, whose seeds count replicas
             seed = mesh.get(model_parallel_size).seed_of_the_job(seed)
         if isinstance(env, str):
@@ -193,7 +210,8 @@ class ParallelDQN(DQN):
             self._setup_model()
             if self._world_size > 1:
                 check_model(self)  # before the broadcast, whose size is the model's
-            broadcast_module_(self.policy, group=self._mesh.data_group)  # rank 0's weights (its shard's), whatever the seed
+            # rank 0's weights (its shard's; every rank's in the asynchronous mode), whatever the seed
+            broadcast_module_(self.policy, group=self._mesh.weights_group)
 
     @staticmethod
     def _wrap_env(env: GymEnv, verbose: int = 0, monitor_wrapper: bool = True) -> VecEnv:
@@ -207,9 +225,16 @@ class ParallelDQN(DQN):
         self.policy_class, self.policy_kwargs = resolve_dueling(self.policy_class, self.policy_kwargs)  # type: ignore[arg-type]
         if self.torch_num_threads is not None:  # load() sets its argument (or the file's) first; None: see __init__
             set_torch_threads(self.torch_num_threads)
-        self._mesh = mesh.get(self.model_parallel_size)  # the model's own (collective the first time M > 1 is used)
+        # The model's own (collective the first time M > 1 or an asynchronous layout is used). In one process a model
+        # trained asynchronously is SB3's DQN, as any other (a zip loaded to evaluate).
+        asynchronous_mode = getattr(self, "learner_ranks", None) is not None and self._world_size > 1
+        self._mesh = mesh.get_roles(self.learner_ranks) if asynchronous_mode else mesh.get(self.model_parallel_size)  # type: ignore[arg-type]
         with replay_buffer_as_requested(self):  # what was asked, not what a set-up resolved: load(n_steps=...) applies
             super()._setup_model()
+        if asynchronous_mode:
+            self._layout = asynchronous.check_settings(self)
+            if self._mesh.role == "actor":  # transitions go to the learner's buffer: an actor holds one chunk at most
+                self.replay_buffer = asynchronous.Outbox(self.n_envs, type(self.replay_buffer))  # type: ignore[assignment]
         model_parallel.shard_policy(self.policy, self._mesh)  # cut from the network SB3 built: one start for any mesh
         # The two roles and the step arithmetic they share (process-local, never saved).
         self._clock = GlobalClock(self, self._mesh)
@@ -219,7 +244,7 @@ class ParallelDQN(DQN):
     def set_random_seed(self, seed: int | None = None) -> None:
         # As SB3, offset by rank: ranks explore and sample differently, env i of rank r gets seed + r * n_envs + i.
         if seed is not None:
-            super().set_random_seed(lockstep.env_seed(seed, self.n_envs, 0, self._mesh.data_rank))
+            super().set_random_seed(lockstep.env_seed(seed, self.n_envs, 0, self._mesh.seed_index))
 
     def _on_step(self) -> None:
         # As SB3, with the target update every target_update_interval global steps: each call is n_envs * W of them.
@@ -259,6 +284,8 @@ class ParallelDQN(DQN):
         rollout = super().collect_rollouts(
             env, callback, train_freq, replay_buffer, action_noise, learning_starts, log_interval
         )
+        if self._mesh.role == "actor":  # post the transitions, take the learner's weights and grants
+            rollout = self._actor.after_rollout(rollout)
         return self._collector.finish_rollout(rollout)
 
     def dump_logs(self) -> None:
@@ -268,6 +295,8 @@ class ParallelDQN(DQN):
 
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
         # As SB3, with the update behind the learner: gradients averaged over ranks before clipping, NaN checks.
+        if self._mesh.role == "actor":  # an actor acts with the learner's weights
+            return
         # Switch to train mode (this affects batch norm / dropout)
         self.policy.set_training_mode(True)
         # Update learning rate according to schedule
@@ -305,7 +334,23 @@ class ParallelDQN(DQN):
         progress_bar: bool = False,
     ) -> SelfParallelDQN:
         # As SB3 (total_timesteps counts global steps; every rank calls it), with this class' tensorboard run name.
-        return super().learn(total_timesteps, callback, log_interval, tb_log_name, reset_num_timesteps, progress_bar)
+        if self._mesh.role == "replica":
+            return super().learn(total_timesteps, callback, log_interval, tb_log_name, reset_num_timesteps, progress_bar)
+        # The asynchronous mode: an actor runs SB3's loop (collection only), a learner the learner loop.
+        if getattr(self, "_channel", None) is None:
+            self._channel = asynchronous.Channel("the asynchronous mode's transitions and weights")  # collective
+        if self._mesh.role == "actor":
+            self._actor = asynchronous.Actor(self, self._channel, self._layout)
+            super().learn(total_timesteps, callback, log_interval, tb_log_name, reset_num_timesteps, progress_bar)
+            self._actor.finish()
+            return self
+        total_timesteps, callback = self._setup_learn(
+            total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar
+        )
+        self.async_stats = asynchronous.LearnerLoop(self, self._channel, self._layout).learn(
+            total_timesteps, callback, log_interval
+        )
+        return self
 
     def _setup_learn(
         self,
@@ -321,7 +366,7 @@ class ParallelDQN(DQN):
             start = 0 if reset_num_timesteps else self.num_timesteps
             check_model(self, total_timesteps=total_timesteps, reset_num_timesteps=reset_num_timesteps, start=start)
             # Here rather than in load()/set_parameters(), which stay free of collectives (one rank may load alone).
-            broadcast_module_(self.policy, group=self._mesh.data_group)
+            broadcast_module_(self.policy, group=self._mesh.weights_group)
             broadcast_optimizer_(self.policy.optimizer, group=self._mesh.data_group)
             if self._rank != 0:
                 self.set_logger(Logger(folder=None, output_formats=[]))  # only rank 0 writes stdout, csv, tensorboard
@@ -370,4 +415,5 @@ class ParallelDQN(DQN):
     def _excluded_save_params(self) -> list[str]:
         # As SB3, plus this process' runtime state and mesh (a file loads whole unless load() is given a mesh shape).
         runtime = ["_world_size", "_rank", "_collector", "_learner", "_clock", "stopped_by_signal", "model_parallel_size"]
+        runtime += ["learner_ranks", "_layout", "_channel", "_actor", "async_stats"]
         return [*super()._excluded_save_params(), *runtime, "shard_optimizer", "_mesh"]

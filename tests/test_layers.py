@@ -173,7 +173,8 @@ def test_the_private_name_check_can_fail(tmp_path):
 
 def test_parallel_dqn_reads_as_sb3s_dqn_plus_the_parallel_diff():
     source_file = Path(inspect.getsourcefile(ParallelDQN))
-    assert len(source_file.read_text().splitlines()) <= 400
+    # 400 lines until the asynchronous mode's parameters and its two learn() branches (issue 25): readable, not short
+    assert len(source_file.read_text().splitlines()) <= 430
     lines = source_file.read_text().splitlines()
     tree = ast.parse(source_file.read_text())
     (cls,) = [node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "ParallelDQN"]

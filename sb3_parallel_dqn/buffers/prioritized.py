@@ -230,8 +230,8 @@ def truncate_last_transitions(replay_buffer: ReplayBuffer | None) -> None:
     ``reset_num_timesteps=True`` (https://github.com/DLR-RM/stable-baselines3/issues/46). ``HerReplayBuffer``
     tracks episodes itself and is left alone.
     """
-    if replay_buffer is None or isinstance(replay_buffer, HerReplayBuffer):
-        return
+    if not isinstance(replay_buffer, ReplayBuffer) or isinstance(replay_buffer, HerReplayBuffer):
+        return  # none, or an actor's outbox (the asynchronous mode): the learner's buffer holds the transitions
     if replay_buffer.pos == 0 and not replay_buffer.full:
         return  # empty
     last = (replay_buffer.pos - 1) % replay_buffer.buffer_size

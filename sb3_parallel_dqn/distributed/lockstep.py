@@ -139,6 +139,7 @@ def agree_on_rollout(
             ],
             dtype=np.float64,
         ),
+        group=grid.rollout_group,
         what="the end-of-rollout agreement (collect_rollouts, in learn())",
     )
     any_stop, total_steps, total_episodes, sum_r, sum_l, n_infos, sum_success, n_success, n_sigterm, n_sigint = sums

@@ -40,6 +40,8 @@ class Mesh:
     :param data_rank: which replica this rank belongs to (its rank in the data group)
     :param model_group: the ranks of this replica (None with M = 1)
     :param data_group: the ranks that hold the same shard (None means the world: M = 1)
+    :param role: ``"replica"`` (the synchronous mode: every rank collects and learns), or in the asynchronous mode
+        ``"learner"`` or ``"actor"``; the data group is then the ranks of this rank's role (see :func:`get_roles`)
     """
 
     model_parallel_size: int
@@ -48,6 +50,26 @@ class Mesh:
     data_rank: int
     model_group: Group | None
     data_group: Group | None
+    role: str = "replica"
+
+    @property
+    def weights_group(self) -> Group | None:
+        """The ranks that start from rank 0's weights (None: the world): the data group, or every rank in the
+        asynchronous mode (the actors act with the learner's weights)."""
+        return None if self.role != "replica" else self.data_group
+
+    @property
+    def seed_index(self) -> int:
+        """This rank's index among the seeded streams (envs, sampling): its replica, or in the asynchronous mode the
+        actors first (0 .. A-1), then the learners."""
+        if self.role == "learner":
+            return comm.world_size() - self.data_parallel_size + self.data_rank
+        return self.data_rank
+
+    @property
+    def rollout_group(self) -> Group | None:
+        """The ranks whose rollouts agree at their end (None: the world): the actors, in the asynchronous mode."""
+        return self.data_group if self.role == "actor" else None
 
     def seed_of_the_job(self, seed: int | None) -> int | None:
         """
@@ -61,7 +83,7 @@ class Mesh:
         )
 
 
-_meshes: dict[int, Mesh] = {}  # made by get(), by model-parallel size
+_meshes: dict[int | str, Mesh] = {}  # made by get() by model-parallel size, and by get_roles()
 
 
 def check_size(model_parallel_size: int, world_size: int) -> None:
@@ -105,4 +127,23 @@ def get(model_parallel_size: int) -> Mesh:
             data_group,
         )
     _meshes[model_parallel_size] = mesh
+    return mesh
+
+
+def get_roles(learner_ranks: int) -> Mesh:
+    """
+    The asynchronous mode's mesh: ranks ``0 .. learner_ranks - 1`` learn, the others act, and each role's ranks form
+    its data group (the learners average gradients, the actors agree on their rollouts). **Collective** the first
+    time (one ``Split``): call it on every rank at once.
+    """
+    key = f"roles:{learner_ranks}"
+    mesh = _meshes.get(key)
+    if mesh is not None:
+        return mesh
+    rank = comm.rank()
+    role = "learner" if rank < learner_ranks else "actor"
+    group = comm.split(color=int(role == "actor"), key=rank, what="the set-up of the learners and actors (ParallelDQN)")
+    assert group is not None  # the asynchronous mode needs MPI (checked before)
+    group.Set_name(f"{role}s (learner_ranks={learner_ranks})")
+    mesh = _meshes[key] = Mesh(1, group.Get_size(), 0, group.Get_rank(), None, group, role)
     return mesh

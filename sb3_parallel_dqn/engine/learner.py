@@ -118,7 +118,7 @@ class Learner:
         # Divide by the largest weight of this step over all ranks: every rank's samples then count on one scale in
         # the averaged gradient, and weights only ever scale updates down (Schaul et al. 2016, section 3.4).
         what = "the prioritized-replay weight Allreduce of train()"
-        max_weight = comm.allreduce_max_(np.array([weights.max()]), what=what)[0]
+        max_weight = comm.allreduce_max_(np.array([weights.max()]), group=self.grid.data_group, what=what)[0]
         weights_column = th.as_tensor(weights / max_weight, dtype=th.float32, device=self.model.device).reshape(-1, 1)
         self._mark("sample")
         return batch, weights_column
@@ -169,7 +169,8 @@ class Learner:
             self._sampled_leaves = None
         self._mark("optimizer")
         interval = getattr(model, "sync_check_interval", 0)
-        if comm.world_size() > 1 and interval > 0 and self.updates_made % interval == 0:
+        replicated = self.grid.data_parallel_size * self.grid.model_parallel_size > 1  # the world, or the learners
+        if replicated and interval > 0 and self.updates_made % interval == 0:
             model_parallel.check_shards_synced(model.policy, self.updates_made, self.grid)
 
     def end_updates(self) -> None:

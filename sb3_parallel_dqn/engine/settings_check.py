@@ -14,7 +14,8 @@ from sb3_parallel_dqn.distributed.tensor_parallel import whole_shapes
 # What changes the number or the size of the collectives (a deadlock, or an error inside MPI), or would make the
 # ranks train different models.
 SHARED_SETTINGS = ("n_envs", "gradient_steps", "learning_starts", "sync_check_interval", "batch_size", "n_steps",
-                   "double_q", "model_parallel_size", "shard_optimizer")  # fmt: skip
+                   "double_q", "model_parallel_size", "shard_optimizer", "learner_ranks", "samples_per_insert",
+                   "weight_sync_interval")  # fmt: skip
 
 
 def check_model(model: Any, **learn_settings: Any) -> None:
@@ -26,7 +27,8 @@ def check_model(model: Any, **learn_settings: Any) -> None:
     """
     check_train_freq(model.train_freq.frequency, model.train_freq.unit.value, comm.world_size())
     buffer_class = type(model.replay_buffer) if model.replay_buffer is not None else model.replay_buffer_class
-    settings = {name: getattr(model, name) for name in SHARED_SETTINGS} | {
+    buffer_class = getattr(model.replay_buffer, "stands_for", buffer_class)  # an actor's outbox: the learner's class
+    settings = {name: getattr(model, name, None) for name in SHARED_SETTINGS} | {
         "train_freq": model.train_freq.frequency,
         "replay_buffer_class": getattr(buffer_class, "__qualname__", None),
         "parameters": whole_shapes(model.policy),
