@@ -28,7 +28,7 @@ def check_model(model: Any, **learn_settings: Any) -> None:
     check_train_freq(model.train_freq.frequency, model.train_freq.unit.value, comm.world_size())
     buffer_class = type(model.replay_buffer) if model.replay_buffer is not None else model.replay_buffer_class
     buffer_class = getattr(model.replay_buffer, "stands_for", buffer_class)  # an actor's outbox: the learner's class
-    settings = {name: getattr(model, name, None) for name in SHARED_SETTINGS} | {
+    settings = {name: getattr(model, name) for name in SHARED_SETTINGS} | {
         "train_freq": model.train_freq.frequency,
         "replay_buffer_class": getattr(buffer_class, "__qualname__", None),
         "parameters": whole_shapes(model.policy),
